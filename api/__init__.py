@@ -1,0 +1,1 @@
+"""The genq HTTP API: validates jobs, stores them, enqueues them; never imports torch."""

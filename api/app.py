@@ -1,0 +1,30 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.routes import bp
+from shared.celery_app import make_celery
+from shared.jobstore import JobStore, connect
+from shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API for these settings (read from GENQ_* when omitted)."""
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask("genq")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["genq"] = {
+        "settings": settings,
+        "store": JobStore(connect(settings.redis_url), settings.result_ttl),
+        "celery": make_celery(settings),
+    }
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,82 @@
+"""Every error leaves the API as {"error": {code, message, details}} with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, jsonify
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.schemas import ErrorBody, ErrorCode, ErrorDetail, ErrorResponse
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5  # what a 503 tells clients to wait, in seconds
+
+_HTTP_CODES = {
+    400: ErrorCode.MALFORMED_JSON,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.BODY_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+class ApiError(Exception):
+    """An error response raised from a route."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str,
+                 details: list[ErrorDetail] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details, self.headers = details, headers or {}
+
+
+def error_response(status: int, code: ErrorCode, message: str,
+                   details: list[ErrorDetail] | None = None, headers: dict[str, str] | None = None) -> Response:
+    """Build the JSON error response every failure path uses."""
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
+    resp = jsonify(body.model_dump(mode="json", exclude_none=True))
+    resp.status_code = status
+    resp.headers.update(headers or {})
+    return resp
+
+
+def validation_details(exc: ValidationError) -> list[ErrorDetail]:
+    """Name each bad field of a pydantic error, as dotted paths."""
+    return [
+        ErrorDetail(field=".".join(str(p) for p in e["loc"]) or "body", message=e["msg"])
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every exception to a JSON error body; nothing escapes as an HTML page or a bare 500."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+        return error_response(status, code, message)
+
+    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(OperationalError)
+    def _store_down(exc: Exception) -> Response:
+        log.warning("job store unavailable: %s", exc)
+        return error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "the job store (Redis) is unavailable; retry later",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, ErrorCode.INTERNAL, "internal error")

@@ -1,0 +1,170 @@
+"""HTTP routes: parse, call one store or queue function, shape the response."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from pydantic import BaseModel, ValidationError
+
+from api.errors import ApiError, validation_details
+from api.openapi import openapi_spec
+from shared.celery_app import TASK_GENERATE
+from shared.jobstore import JobStore, new_job_id
+from shared.schemas import ErrorCode, ErrorDetail, Health, JobCreate, ModelList, ModelPublic, Status
+from shared.settings import Settings
+
+bp = Blueprint("genq", __name__)
+
+JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+
+
+def _ctx() -> tuple[Settings, JobStore]:
+    ext = current_app.extensions["genq"]
+    return ext["settings"], ext["store"]
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify(model.model_dump(mode="json"))
+    resp.status_code = status
+    resp.headers.update(headers or {})
+    return resp
+
+
+def _invalid(code: ErrorCode, message: str, field: str | None = None) -> ApiError:
+    details = [ErrorDetail(field=field, message=message)] if field else None
+    return ApiError(422, code, message, details)
+
+
+def parse_job(settings: Settings) -> JobCreate:
+    """Validate the request body as a job against the schema and the catalog's limits."""
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, ErrorCode.MALFORMED_JSON, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _invalid(ErrorCode.VALIDATION_ERROR, "request body must be a JSON object", "body")
+    try:
+        job = JobCreate.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request does not match the job schema",
+                       validation_details(exc)) from None
+    spec = settings.model(job.model)
+    if spec is None:
+        raise _invalid(ErrorCode.UNKNOWN_MODEL,
+                       f"unknown model {job.model!r}; available: {', '.join(settings.model_names)}", "model")
+    if job.max_new_tokens is not None and job.max_new_tokens > spec.max_new_tokens_cap:
+        raise _invalid(ErrorCode.MAX_NEW_TOKENS_EXCEEDED,
+                       f"max_new_tokens is {job.max_new_tokens}, above model {spec.name!r}'s cap of "
+                       f"{spec.max_new_tokens_cap}", "max_new_tokens")
+    chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or [])
+    if chars > settings.max_prompt_chars:
+        raise _invalid(ErrorCode.PROMPT_TOO_LONG,
+                       f"prompt is {chars} characters, above the limit of {settings.max_prompt_chars}",
+                       "prompt" if job.prompt is not None else "messages")
+    if job.messages is not None and len(job.messages) > settings.max_messages:
+        raise _invalid(ErrorCode.VALIDATION_ERROR,
+                       f"{len(job.messages)} messages, above the limit of {settings.max_messages}", "messages")
+    if job.metadata is not None:
+        size = len(json.dumps(job.metadata, separators=(",", ":")).encode())
+        if size > settings.max_metadata_bytes:
+            raise _invalid(ErrorCode.VALIDATION_ERROR,
+                           f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}",
+                           "metadata")
+    return job.model_copy(update={"model": spec.name,
+                                  "max_new_tokens": job.max_new_tokens or spec.default_max_new_tokens})
+
+
+@bp.post("/v1/jobs")
+def create_job() -> Response:
+    """Store a job, then enqueue it on its model's queue: 202 with the queued job."""
+    settings, store = _ctx()
+    job = parse_job(settings)
+    job_id = new_job_id()
+    public = store.create(job_id, job.model, job)
+    celery = current_app.extensions["genq"]["celery"]
+    try:
+        celery.send_task(TASK_GENERATE, args=[job_id], queue=settings.model(job.model).queue)
+    except Exception:
+        store.delete(job_id)  # never answer for a job no worker will see
+        raise
+    return _json(public, 202, {"Location": url_for("genq.get_job", job_id=job_id)})
+
+
+def _job_or_404(store: JobStore, job_id: str, wait: float = 0) -> Any:
+    job = store.wait(job_id, wait) if JOB_ID.match(job_id) else None
+    if job is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id!r} (unknown or expired)")
+    return job
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """Return a job; ?wait=N blocks up to N seconds for it to end."""
+    settings, store = _ctx()
+    raw_wait = request.args.get("wait", "0")
+    try:
+        wait = float(raw_wait)
+        if not 0 <= wait <= settings.max_wait:
+            raise ValueError
+    except ValueError:
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR,
+                       f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw_wait!r}",
+                       [ErrorDetail(field="wait", message="out of range")]) from None
+    return _json(_job_or_404(store, job_id, wait))
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a job: a queued one never runs; a running one stops within one decode step."""
+    _, store = _ctx()
+    seen = store.cancel(job_id) if JOB_ID.match(job_id) else None
+    if seen is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id!r} (unknown or expired)")
+    if seen in (Status.SUCCEEDED.value, Status.FAILED.value):
+        raise ApiError(409, ErrorCode.NOT_CANCELLABLE, f"job {job_id} has already {seen}")
+    job = _job_or_404(store, job_id)
+    # 202: a running job's worker has been asked to stop; poll for the cancelled state.
+    return _json(job, 200 if job.status is Status.CANCELLED else 202)
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    """List the catalog with how many ready workers serve each model."""
+    settings, store = _ctx()
+    workers = store.workers()
+    data = [
+        ModelPublic(name=m.name, context_length=m.context_length, max_new_tokens_cap=m.max_new_tokens_cap,
+                    ready_workers=sum(w.get("model") == m.name for w in workers))
+        for m in settings.models
+    ]
+    return _json(ModelList(data=data))
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is up (no dependency is checked)."""
+    return _json(Health(status="ok"))
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready when Redis answers and at least one worker is serving."""
+    _, store = _ctx()
+    try:
+        store.r.ping()
+        ready = len(store.workers())
+    except Exception as exc:  # any Redis failure means not ready, never a 500
+        return _json(Health(status="unavailable", reason=f"redis unreachable: {exc}"), 503)
+    if ready == 0:
+        return _json(Health(status="unavailable", reason="no ready worker", ready_workers=0), 503)
+    return _json(Health(status="ok", ready_workers=ready))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document, generated from the same pydantic models that validate requests."""
+    return jsonify(openapi_spec())

@@ -1,0 +1,219 @@
+"""The wire contract: what clients send, what they get back, and what the job store holds."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_STRINGS = 4  # stop sequences per job
+MAX_STOP_CHARS = 64  # characters per stop sequence
+
+
+class Status(str, Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Return True once the job can change no more."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+class FinishReason(str, Enum):
+    """Why generation stopped."""
+
+    LENGTH = "length"  # max_new_tokens reached
+    STOP = "stop"  # a stop string matched; the output is cut before it
+    EOS = "eos"  # the model emitted an end-of-sequence token
+    CANCELLED = "cancelled"  # a client cancelled it while it ran
+
+
+class ErrorCode(str, Enum):
+    """Machine-readable error codes, in HTTP responses and failed jobs."""
+
+    MALFORMED_JSON = "malformed_json"
+    VALIDATION_ERROR = "validation_error"
+    UNKNOWN_MODEL = "unknown_model"
+    BODY_TOO_LARGE = "body_too_large"
+    MAX_NEW_TOKENS_EXCEEDED = "max_new_tokens_exceeded"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    NO_CHAT_TEMPLATE = "no_chat_template"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_CANCELLABLE = "not_cancellable"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    INTERNAL = "internal_error"
+
+
+class Role(str, Enum):
+    """Speaker of a chat message."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Message(BaseModel):
+    """One chat message; the worker renders the list with the model's chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: Annotated[str, Field(max_length=1_000_000)]
+
+
+class GenerationParams(BaseModel):
+    """Decoding knobs; each applies to its own job only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0  # 0 = greedy; < 1 sharper, > 1 flatter
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # nucleus mass kept; 1.0 = all tokens
+    top_k: Annotated[int, Field(ge=0, le=100_000)] = 0  # keep the k likeliest tokens; 0 = all
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0  # > 1 discourages repeats
+    do_sample: bool | None = None  # None = sample when temperature > 0; False forces greedy
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None  # same seed and input, same text
+    stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_STOP_STRINGS
+    )  # output is cut before the first match
+    ignore_eos: bool = False  # keep generating to max_new_tokens (fixed work for benchmarks)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def sampling(self) -> bool:
+        """Return True when tokens are drawn at random rather than greedily."""
+        return self.temperature > 0 and self.do_sample is not False
+
+
+class JobCreate(GenerationParams):
+    """A client's request for one generation job."""
+
+    model: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # None = catalog's first
+    prompt: str | None = None  # plain text, continued as is
+    messages: list[Message] | None = None  # chat, rendered with the model's chat template
+    metadata: dict[str, Any] | None = None  # echoed back unchanged
+
+    @model_validator(mode="after")
+    def _one_input(self) -> JobCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and not self.prompt:
+            raise ValueError("'prompt' must not be empty")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        return self
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: ErrorCode | str
+    message: str
+
+
+class Output(BaseModel):
+    """The generated text and why it ended."""
+
+    text: str
+    finish_reason: FinishReason
+
+
+class Usage(BaseModel):
+    """Token counts."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(BaseModel):
+    """Where the time went, in milliseconds."""
+
+    queued: float | None = None  # created → picked up by a worker
+    tokenize: float | None = None
+    generate: float | None = None
+    decode: float | None = None
+    total: float | None = None  # created → finished
+    tokens_per_second: float | None = None  # completion tokens / generate time
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    object: Literal["job"] = "job"
+    status: Status
+    model: str
+    created_at: float  # Unix seconds
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: Output | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+    worker: str | None = None
+    device: str | None = None
+    seed: int | None = None  # the seed actually used, so a sampled job can be replayed
+    error: JobError | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ModelPublic(BaseModel):
+    """A catalog model and how many ready workers serve it."""
+
+    name: str
+    object: Literal["model"] = "model"
+    context_length: int
+    max_new_tokens_cap: int
+    ready_workers: int
+
+
+class ModelList(BaseModel):
+    """GET /v1/models."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+
+
+class ErrorDetail(BaseModel):
+    """One problem with one field of a request."""
+
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    code: ErrorCode
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx response is {"error": {...}}."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    """GET /healthz and /readyz."""
+
+    status: Literal["ok", "unavailable"]
+    reason: str | None = None
+    ready_workers: int | None = None

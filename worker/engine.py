@@ -1,0 +1,354 @@
+"""Continuous-batching generation engine: many jobs share each decode step; testable without Celery."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from shared.schemas import ErrorCode, FinishReason
+from worker.sampling import RowParams, next_tokens
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.05  # how long an idle engine sleeps before looking for work again
+
+
+class GenerationError(Exception):
+    """A job that cannot run, with the error code its record gets."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Request:
+    """One job's tokens and resolved decoding parameters."""
+
+    id: str
+    input_ids: list[int]
+    max_new_tokens: int
+    params: RowParams
+    seed: int
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass
+class Result:
+    """What a finished job produced."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    generate_s: float  # admission → last token
+    decode_s: float  # final detokenization
+
+
+class Hooks:
+    """Where the engine reports progress; the worker sends it to Redis, tests may record it."""
+
+    def on_text(self, deltas: dict[str, str]) -> None:
+        """Receive the new text of each job that produced some in this step."""
+
+    def cancelled(self, ids: list[str]) -> set[str]:
+        """Return the ids among these running jobs whose cancellation was asked for."""
+        return set()
+
+
+@dataclass
+class _Row:
+    req: Request
+    future: Future
+    generator: torch.Generator | None
+    started: float
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of text already handed to on_text
+    prefix_offset: int = 0  # incremental detokenization window, as in TGI
+    read_offset: int = 0
+
+
+class Engine:
+    """Holds up to max_batch jobs in one padded KV cache; each step admits new jobs and decodes one token for all."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch: int = 16,
+        context_length: int | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.context_length = context_length or int(getattr(model.config, "max_position_embeddings", 2048))
+        self.hooks = hooks or Hooks()
+        self.device = model.device
+        self.vocab = int(model.get_output_embeddings().weight.shape[0])
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self._pending: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, cached tokens], 0 = left padding
+        self._last: torch.Tensor | None = None  # [rows] token each row feeds next
+        self._seen: torch.Tensor | None = None  # [rows, vocab] tokens each row has seen (repetition penalty)
+        self._wake = threading.Event()
+
+    # --- inputs -------------------------------------------------------------
+    def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        """Turn a prompt, or chat messages rendered by the model's template, into token ids."""
+        if messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise GenerationError(ErrorCode.NO_CHAT_TEMPLATE, "this model has no chat template; send 'prompt'")
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
+
+    def submit(self, req: Request) -> Future:
+        """Queue a request for the next step; the future resolves to its Result."""
+        budget = len(req.input_ids) + req.max_new_tokens
+        if budget > self.context_length:
+            raise GenerationError(
+                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                f"prompt has {len(req.input_ids)} tokens and max_new_tokens is {req.max_new_tokens}: "
+                f"{budget} exceeds the model's context length of {self.context_length}",
+            )
+        future: Future = Future()
+        self._pending.put((req, future))
+        self._wake.set()
+        return future
+
+    def generate(self, reqs: list[Request]) -> list[Result]:
+        """Run requests to completion on the calling thread (tests and benchmarks)."""
+        futures = [self.submit(r) for r in reqs]
+        while not all(f.done() for f in futures):
+            self.step()
+        return [f.result() for f in futures]
+
+    # --- the loop -----------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Step until stop is set, sleeping while there is nothing to do."""
+        while not stop.is_set():
+            if not self._rows and self._pending.empty():
+                self._wake.wait(IDLE_WAIT_S)
+                self._wake.clear()
+                continue
+            self.step()
+
+    @property
+    def active(self) -> int:
+        """Return how many jobs are in the running batch."""
+        return len(self._rows)
+
+    def step(self) -> None:
+        """Admit waiting jobs, then decode one token for every running job."""
+        try:
+            with torch.inference_mode():
+                self._admit()
+                if self._rows:
+                    self._decode()
+        except Exception as exc:  # a failed forward fails its batch, never the engine
+            log.exception("generation step failed; failing %d jobs", len(self._rows))
+            for row in self._rows:
+                if not row.future.done():
+                    row.future.set_exception(exc)
+            self._reset()
+
+    def _reset(self) -> None:
+        self._rows, self._cache, self._mask, self._last, self._seen = [], None, None, None, None
+
+    def _admit(self) -> None:
+        new: list[tuple[Request, Future]] = []
+        while len(self._rows) + len(new) < self.max_batch:
+            try:
+                new.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        new = [(r, f) for r, f in new if f.set_running_or_notify_cancel()]
+        if not new:
+            return
+        now = time.perf_counter()
+        width = max(len(r.input_ids) for r, _ in new)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(r.input_ids)) + r.input_ids for r, _ in new], device=self.device)
+        mask = torch.tensor(
+            [[0] * (width - len(r.input_ids)) + [1] * len(r.input_ids) for r, _ in new], device=self.device
+        )
+        cache = DynamicCache(config=self.model.config)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         logits_to_keep=1)
+        seen = torch.zeros(len(new), self.vocab, dtype=torch.bool, device=self.device)
+        for i, (r, _) in enumerate(new):
+            seen[i, r.input_ids] = True
+        rows = [
+            _Row(req=r, future=f, generator=_generator(r, self.device), started=now) for r, f in new
+        ]
+        self._merge(rows, cache, mask, seen, out.logits[:, -1, :].float())
+
+    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, seen: torch.Tensor,
+               logits: torch.Tensor) -> None:
+        """Join freshly prefilled rows to the running batch, left-padding the shorter cache."""
+        if self._cache is None:
+            self._cache, self._mask, self._seen = cache, mask, seen
+        else:
+            old_len, new_len = self._mask.shape[1], mask.shape[1]
+            width = max(old_len, new_len)
+            for old, fresh in zip(self._cache.layers, cache.layers):
+                old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(fresh.keys, width)])
+                old.values = torch.cat([_pad_left(old.values, width), _pad_left(fresh.values, width)])
+            self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+            self._seen = torch.cat([self._seen, seen])
+        first = len(self._rows)
+        self._rows.extend(rows)
+        tokens = self._sample(logits, first)
+        self._last = tokens if self._last is None else torch.cat([self._last, tokens])
+        self._advance(tokens, first)
+
+    def _decode(self) -> None:
+        ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        positions = (self._mask.sum(-1, keepdim=True) - 1)
+        out = self.model(
+            input_ids=self._last.unsqueeze(1), attention_mask=self._mask, position_ids=positions,
+            cache=self._cache, logits_to_keep=1,
+        )
+        tokens = self._sample(out.logits[:, -1, :].float(), 0)
+        self._last = tokens
+        self._advance(tokens, 0)
+
+    def _sample(self, logits: torch.Tensor, first: int) -> torch.Tensor:
+        rows = self._rows[first:]
+        seen = self._seen[first:] if any(r.req.params.repetition_penalty != 1.0 for r in rows) else None
+        tokens = next_tokens(logits, [r.req.params for r in rows], [r.generator for r in rows], seen)
+        self._seen[torch.arange(first, first + len(rows), device=self.device), tokens] = True
+        return tokens
+
+    def _advance(self, tokens: torch.Tensor, first: int) -> None:
+        """Append each row's new token, report new text, and retire rows that finished."""
+        finished: dict[int, FinishReason] = {}
+        deltas: dict[str, str] = {}
+        for offset, token in enumerate(tokens.tolist()):
+            i = first + offset
+            row = self._rows[i]
+            if token in self.eos_ids and not row.req.ignore_eos:
+                finished[i] = FinishReason.EOS
+                continue
+            row.ids.append(token)
+            reason = self._extend_text(row)
+            if reason is None and len(row.ids) >= row.req.max_new_tokens:
+                reason = FinishReason.LENGTH
+            if reason is not None:
+                finished[i] = reason
+            elif len(row.text) > row.emitted + _holdback(row):
+                upto = len(row.text) - _holdback(row)
+                deltas[row.req.id] = row.text[row.emitted:upto]
+                row.emitted = upto
+        if first == 0:
+            running = [r.req.id for i, r in enumerate(self._rows) if i not in finished]
+            stopped = self.hooks.cancelled(running) if running else set()
+            for i, r in enumerate(self._rows):
+                if r.req.id in stopped and i not in finished:
+                    finished[i] = FinishReason.CANCELLED
+        for i, reason in finished.items():
+            delta = self._finish(self._rows[i], reason)
+            if delta:
+                deltas[self._rows[i].req.id] = deltas.get(self._rows[i].req.id, "") + delta
+        if deltas:
+            self.hooks.on_text(deltas)
+        if finished:
+            self._drop(sorted(finished))
+
+    def _extend_text(self, row: _Row) -> FinishReason | None:
+        """Detokenize incrementally; return STOP (and cut the text) when a stop string appears."""
+        prefix = self.tokenizer.decode(row.ids[row.prefix_offset:row.read_offset], skip_special_tokens=True)
+        full = self.tokenizer.decode(row.ids[row.prefix_offset:], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            start = len(row.text)
+            row.text += full[len(prefix):]
+            row.prefix_offset, row.read_offset = row.read_offset, len(row.ids)
+            if row.req.stop:
+                cut = _find_stop(row.text, row.req.stop, max(0, start - max(map(len, row.req.stop))))
+                if cut is not None:
+                    row.text = row.text[:cut]
+                    return FinishReason.STOP
+        return None
+
+    def _finish(self, row: _Row, reason: FinishReason) -> str:
+        """Resolve a row's future with its final text; return the text not yet reported."""
+        t0 = time.perf_counter()
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        if row.req.stop:
+            cut = _find_stop(text, row.req.stop, 0)
+            if cut is not None:
+                text, reason = text[:cut], FinishReason.STOP
+        decode_s = time.perf_counter() - t0
+        row.future.set_result(Result(
+            text=text, finish_reason=reason, prompt_tokens=len(row.req.input_ids),
+            completion_tokens=len(row.ids), generate_s=t0 - row.started, decode_s=decode_s,
+        ))
+        # Report only what extends the text already streamed.
+        return text[row.emitted:] if text.startswith(row.text[:row.emitted]) else ""
+
+    def _drop(self, indices: list[int]) -> None:
+        """Remove finished rows from the batch and trim padding no row needs any more."""
+        keep = [i for i in range(len(self._rows)) if i not in set(indices)]
+        if not keep:
+            self._reset()
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._last, self._seen = self._mask[idx], self._last[idx], self._seen[idx]
+        start = int(self._mask.any(dim=0).nonzero()[0])  # first column some row still uses
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[idx, :, start:]
+            layer.values = layer.values[idx, :, start:]
+
+
+def _generator(req: Request, device: torch.device) -> torch.Generator | None:
+    if not req.params.sampling:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(req.seed)
+    return gen
+
+
+def _holdback(row: _Row) -> int:
+    """Characters kept back from streaming because they might begin a stop string."""
+    return max(map(len, row.req.stop)) - 1 if row.req.stop else 0
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> int | None:
+    hits = [i for s in stops if (i := text.find(s, start)) != -1]
+    return min(hits) if hits else None
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(value)
+    return ids
+
