@@ -21,12 +21,14 @@ class ModelSpec(BaseModel):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto = float32 on CPU, bfloat16 on GPU
     context_length: Annotated[int, Field(ge=16)] = 2048  # prompt + new tokens, in tokens
     max_new_tokens_cap: Annotated[int, Field(ge=1)] = 1024  # most new tokens one job may ask for
-    default_max_new_tokens: Annotated[int, Field(ge=1)] = 128  # used when a job names none
+    default_max_new_tokens: Annotated[int, Field(ge=1)] = 128  # used when a job names none (at most the cap)
 
     @model_validator(mode="after")
     def _caps_fit(self) -> ModelSpec:
         if self.default_max_new_tokens > self.max_new_tokens_cap:
-            raise ValueError("default_max_new_tokens exceeds max_new_tokens_cap")
+            if "default_max_new_tokens" in self.model_fields_set:
+                raise ValueError("default_max_new_tokens exceeds max_new_tokens_cap")
+            self.default_max_new_tokens = self.max_new_tokens_cap  # the default only shrinks to fit
         if self.max_new_tokens_cap >= self.context_length:
             raise ValueError("max_new_tokens_cap must be below context_length")
         return self
