@@ -56,6 +56,14 @@ def openapi_spec() -> dict[str, Any]:
             "parameters": [JOB_ID_PARAM, wait],
             "responses": {"200": _reply("The job", "JobPublic"), **_errors(404, 422, 503)},
         }},
+        "/v1/jobs/{job_id}/stream": {"get": {
+            "summary": "Stream a job's text as server-sent events", "operationId": "streamJob",
+            "parameters": [JOB_ID_PARAM],
+            "responses": {"200": {"description": "Events: token {text}, status {status}, error {code, message}, "
+                                                 "done {job}; ': keepalive' comments while idle",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(404)},
+        }},
         "/v1/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a job", "operationId": "cancelJob", "parameters": [JOB_ID_PARAM],
             "responses": {"200": _reply("Cancelled", "JobPublic"),

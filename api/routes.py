@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError, validation_details
 from api.openapi import openapi_spec
+from api.stream import job_events
 from shared.celery_app import TASK_GENERATE
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import ErrorCode, ErrorDetail, Health, JobCreate, ModelList, ModelPublic, Status
@@ -115,6 +116,15 @@ def get_job(job_id: str) -> Response:
                        f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw_wait!r}",
                        [ErrorDetail(field="wait", message="out of range")]) from None
     return _json(_job_or_404(store, job_id, wait))
+
+
+@bp.get("/v1/jobs/<job_id>/stream")
+def stream_job(job_id: str) -> Response:
+    """Stream a job's text as server-sent events (token, status, error, done)."""
+    _, store = _ctx()
+    _job_or_404(store, job_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+    return Response(job_events(store, job_id), mimetype="text/event-stream", headers=headers)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")

@@ -36,9 +36,23 @@ def _submit(args: argparse.Namespace) -> int:
     if not args.wait:
         print(job["id"])
         return 0
-    job = client.wait(job["id"])
-    _print_job(job, args.json)
-    return 0 if job["status"] == "succeeded" else 1
+    if args.json:
+        job = client.wait(job["id"])
+        _print_job(job, True)
+        return 0 if job["status"] == "succeeded" else 1
+    final: dict[str, Any] = {}
+    for event, data in client.stream(job["id"]):  # print the text as it is generated
+        if event == "token":
+            print(data["text"], end="", flush=True)
+        elif event == "done":
+            final = data
+    print()
+    if final.get("status") != "succeeded":
+        err = final.get("error") or {}
+        print(f"genq: job {final.get('status')}: {err.get('code', '')} {err.get('message', '')}".rstrip(),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LONG_POLL_S = 30  # seconds each ?wait= request blocks while waiting for a job
+STREAM_IDLE_S = 60  # seconds a stream may stay silent (the server sends keepalives every 15 s)
 
 
 class GenqError(Exception):
@@ -18,6 +20,15 @@ class GenqError(Exception):
     def __init__(self, status: int, code: str, message: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.body = status, code, message, body or {}
+
+
+def _error(exc: urllib.error.HTTPError) -> GenqError:
+    try:
+        payload = json.loads(exc.read())
+    except ValueError:
+        payload = {}
+    err = payload.get("error", {})
+    return GenqError(exc.code, err.get("code", "http_error"), err.get("message", str(exc.reason)), payload)
 
 
 class Client:
@@ -36,13 +47,7 @@ class Client:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
-            try:
-                payload = json.loads(exc.read())
-            except ValueError:
-                payload = {}
-            err = payload.get("error", {})
-            raise GenqError(exc.code, err.get("code", "http_error"), err.get("message", exc.reason),
-                            payload) from None
+            raise _error(exc) from None
 
     def submit(self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
                **params: Any) -> dict[str, Any]:
@@ -65,6 +70,28 @@ class Client:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 return job
+
+    def stream(self, job_id: str) -> Iterator[tuple[str, Any]]:
+        """Yield (event, data) pairs of a job's server-sent events until its done event."""
+        req = urllib.request.Request(f"{self.base_url}/v1/jobs/{job_id}/stream",
+                                     headers={"Accept": "text/event-stream"})
+        try:
+            resp = urllib.request.urlopen(req, timeout=STREAM_IDLE_S)
+        except urllib.error.HTTPError as exc:
+            raise _error(exc) from None
+        with resp:
+            event, data = "message", []
+            for raw in resp:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield event, json.loads("\n".join(data))
+                    if event == "done":
+                        return
+                    event, data = "message", []
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job; return it as the API saw it."""

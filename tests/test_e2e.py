@@ -198,3 +198,29 @@ def test_messages_without_chat_template_fail_clearly(start_worker, client: Clien
     assert done["status"] == "failed"
     assert done["error"]["code"] == "no_chat_template"
     assert client.wait(client.submit("hi", model="plain", max_new_tokens=3)["id"], 60)["status"] == "succeeded"
+
+
+def test_stream_sends_tokens_then_done(start_worker, client: Client) -> None:
+    start_worker()
+    job = client.submit("The quick brown fox", max_new_tokens=40, ignore_eos=True, temperature=0)
+    events = list(client.stream(job["id"]))
+    kinds = [e for e, _ in events]
+    assert kinds[-1] == "done" and kinds.count("token") >= 2
+    text = "".join(d["text"] for e, d in events if e == "token")
+    final = events[-1][1]
+    assert final["status"] == "succeeded" and text == final["output"]["text"]
+    # A client that connects after the job ended still gets the whole text, then done.
+    late = list(client.stream(job["id"]))
+    assert "".join(d["text"] for e, d in late if e == "token") == text and late[-1][0] == "done"
+
+
+def test_stream_of_failed_and_cancelled_jobs_ends_cleanly(start_worker, client: Client) -> None:
+    queued = client.submit("never", max_new_tokens=3)
+    client.cancel(queued["id"])
+    events = list(client.stream(queued["id"]))
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "cancelled"
+    start_worker()
+    failed = client.submit("word " * 5000, max_new_tokens=7000)
+    events = list(client.stream(failed["id"]))
+    assert [e for e, _ in events][-2:] == ["error", "done"]
+    assert events[-2][1]["code"] == "context_length_exceeded"
