@@ -44,7 +44,7 @@ def parse_job(settings: Settings) -> JobCreate:
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, huge integers, deep nesting
         raise ApiError(400, ErrorCode.MALFORMED_JSON, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _invalid(ErrorCode.VALIDATION_ERROR, "request body must be a JSON object", "body")

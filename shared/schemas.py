@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -9,6 +10,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_STOP_STRINGS = 4  # stop sequences per job
 MAX_STOP_CHARS = 64  # characters per stop sequence
+MAX_METADATA_DEPTH = 8  # nesting levels of metadata objects and lists
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _utf8(text: str) -> str:
+    """Reject text that cannot be encoded (lone surrogates from JSON escapes like \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains a lone surrogate (invalid Unicode)") from None
+    return text
 
 
 class Status(str, Enum):
@@ -109,6 +128,21 @@ class JobCreate(GenerationParams):
     prompt: str | None = None  # plain text, continued as is
     messages: list[Message] | None = None  # chat, rendered with the model's chat template
     metadata: dict[str, Any] | None = None  # echoed back unchanged
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_utf8(cls, value: str | None) -> str | None:
+        return value if value is None else _utf8(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if _depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+        _utf8(json.dumps(value, ensure_ascii=False))
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> JobCreate:
