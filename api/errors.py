@@ -28,15 +28,26 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """An error response raised from a route."""
 
-    def __init__(self, status: int, code: ErrorCode, message: str,
-                 details: list[ErrorDetail] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        details: list[ErrorDetail] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.details, self.headers = details, headers or {}
 
 
-def error_response(status: int, code: ErrorCode, message: str,
-                   details: list[ErrorDetail] | None = None, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int,
+    code: ErrorCode,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """Build the JSON error response every failure path uses."""
     body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
     resp = jsonify(body.model_dump(mode="json", exclude_none=True))
@@ -73,8 +84,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(OperationalError)
     def _store_down(exc: Exception) -> Response:
         log.warning("job store unavailable: %s", exc)
-        return error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "the job store (Redis) is unavailable; retry later",
-                              headers={"Retry-After": str(RETRY_AFTER_S)})
+        return error_response(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the job store (Redis) is unavailable; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -17,15 +17,24 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 def _reply(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(schema)}},
+    }
     if headers:
         out["headers"] = headers
     return out
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {400: "Malformed JSON", 404: "Unknown or expired job", 409: "Job already ended",
-            413: "Body too large", 422: "Invalid request (each bad field named)", 503: "Redis unavailable"}
+    text = {
+        400: "Malformed JSON",
+        404: "Unknown or expired job",
+        409: "Job already ended",
+        413: "Body too large",
+        422: "Invalid request (each bad field named)",
+        503: "Redis unavailable",
+    }
     return {str(s): _reply(text[s], "ErrorResponse") for s in statuses}
 
 
@@ -36,53 +45,103 @@ JOB_ID_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"ty
 def openapi_spec() -> dict[str, Any]:
     """Return the OpenAPI 3.1 document for the genq API."""
     _, defs = models_json_schema(
-        [(JobCreate, "validation"), (JobPublic, "serialization"), (ModelList, "serialization"),
-         (ErrorResponse, "serialization"), (Health, "serialization")],
+        [
+            (JobCreate, "validation"),
+            (JobPublic, "serialization"),
+            (ModelList, "serialization"),
+            (ErrorResponse, "serialization"),
+            (Health, "serialization"),
+        ],
         ref_template=REF,
     )
-    wait = {"name": "wait", "in": "query", "required": False,
-            "description": "Seconds to block until the job ends (0 to 60).",
-            "schema": {"type": "number", "minimum": 0, "maximum": 60}}
+    wait = {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "description": "Seconds to block until the job ends (0 to 60).",
+        "schema": {"type": "number", "minimum": 0, "maximum": 60},
+    }
     paths = {
-        "/v1/jobs": {"post": {
-            "summary": "Submit a generation job", "operationId": "createJob",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobCreate")}}},
-            "responses": {"202": _reply("Job stored and queued", "JobPublic",
-                                        {"Location": {"schema": {"type": "string"}}}),
-                          **_errors(400, 413, 422, 503)},
-        }},
-        "/v1/jobs/{job_id}": {"get": {
-            "summary": "Get a job, optionally long-polling until it ends", "operationId": "getJob",
-            "parameters": [JOB_ID_PARAM, wait],
-            "responses": {"200": _reply("The job", "JobPublic"), **_errors(404, 422, 503)},
-        }},
-        "/v1/jobs/{job_id}/stream": {"get": {
-            "summary": "Stream a job's text as server-sent events", "operationId": "streamJob",
-            "parameters": [JOB_ID_PARAM],
-            "responses": {"200": {"description": "Events: token {text}, status {status}, error {code, message}, "
-                                                 "done {job}; ': keepalive' comments while idle",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          **_errors(404)},
-        }},
-        "/v1/jobs/{job_id}/cancel": {"post": {
-            "summary": "Cancel a job", "operationId": "cancelJob", "parameters": [JOB_ID_PARAM],
-            "responses": {"200": _reply("Cancelled", "JobPublic"),
-                          "202": _reply("Running; its worker was asked to stop", "JobPublic"),
-                          **_errors(404, 409, 503)},
-        }},
-        "/v1/models": {"get": {
-            "summary": "List models with their ready workers", "operationId": "listModels",
-            "responses": {"200": _reply("The catalog", "ModelList"), **_errors(503)},
-        }},
-        "/healthz": {"get": {"summary": "Liveness", "operationId": "healthz",
-                             "responses": {"200": _reply("Up", "Health")}}},
-        "/readyz": {"get": {"summary": "Readiness: Redis reachable and a worker ready", "operationId": "readyz",
-                            "responses": {"200": _reply("Ready", "Health"), "503": _reply("Not ready", "Health")}}},
+        "/v1/jobs": {
+            "post": {
+                "summary": "Submit a generation job",
+                "operationId": "createJob",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("JobCreate")}},
+                },
+                "responses": {
+                    "202": _reply(
+                        "Job stored and queued", "JobPublic", {"Location": {"schema": {"type": "string"}}}
+                    ),
+                    **_errors(400, 413, 422, 503),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "Get a job, optionally long-polling until it ends",
+                "operationId": "getJob",
+                "parameters": [JOB_ID_PARAM, wait],
+                "responses": {"200": _reply("The job", "JobPublic"), **_errors(404, 422, 503)},
+            }
+        },
+        "/v1/jobs/{job_id}/stream": {
+            "get": {
+                "summary": "Stream a job's text as server-sent events",
+                "operationId": "streamJob",
+                "parameters": [JOB_ID_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "Events: token {text}, status {status}, error {code, message}, "
+                        "done {job}; ': keepalive' comments while idle",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(404),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a job",
+                "operationId": "cancelJob",
+                "parameters": [JOB_ID_PARAM],
+                "responses": {
+                    "200": _reply("Cancelled", "JobPublic"),
+                    "202": _reply("Running; its worker was asked to stop", "JobPublic"),
+                    **_errors(404, 409, 503),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "List models with their ready workers",
+                "operationId": "listModels",
+                "responses": {"200": _reply("The catalog", "ModelList"), **_errors(503)},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "healthz",
+                "responses": {"200": _reply("Up", "Health")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis reachable and a worker ready",
+                "operationId": "readyz",
+                "responses": {"200": _reply("Ready", "Health"), "503": _reply("Not ready", "Health")},
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "genq", "version": "0.1.0",
-                 "description": "Asynchronous LLM text generation over Redis and Celery workers."},
+        "info": {
+            "title": "genq",
+            "version": "0.1.0",
+            "description": "Asynchronous LLM text generation over Redis and Celery workers.",
+        },
         "paths": paths,
         "components": {"schemas": defs["$defs"]},
     }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -12,14 +15,16 @@ from pydantic import BaseModel, ValidationError
 from api.errors import ApiError, validation_details
 from api.openapi import openapi_spec
 from api.stream import job_events
-from shared.celery_app import TASK_GENERATE
-from shared.jobstore import JobStore, new_job_id
+from shared.celery_app import enqueue
+from shared.jobstore import JobStore, QueueFull, new_job_id
 from shared.schemas import ErrorCode, ErrorDetail, Health, JobCreate, ModelList, ModelPublic, Status
 from shared.settings import Settings
 
 bp = Blueprint("genq", __name__)
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 def _ctx() -> tuple[Settings, JobStore]:
@@ -51,32 +56,53 @@ def parse_job(settings: Settings) -> JobCreate:
     try:
         job = JobCreate.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request does not match the job schema",
-                       validation_details(exc)) from None
+        raise ApiError(
+            422, ErrorCode.VALIDATION_ERROR, "request does not match the job schema", validation_details(exc)
+        ) from None
     spec = settings.model(job.model)
     if spec is None:
-        raise _invalid(ErrorCode.UNKNOWN_MODEL,
-                       f"unknown model {job.model!r}; available: {', '.join(settings.model_names)}", "model")
+        raise _invalid(
+            ErrorCode.UNKNOWN_MODEL,
+            f"unknown model {job.model!r}; available: {', '.join(settings.model_names)}",
+            "model",
+        )
     if job.max_new_tokens is not None and job.max_new_tokens > spec.max_new_tokens_cap:
-        raise _invalid(ErrorCode.MAX_NEW_TOKENS_EXCEEDED,
-                       f"max_new_tokens is {job.max_new_tokens}, above model {spec.name!r}'s cap of "
-                       f"{spec.max_new_tokens_cap}", "max_new_tokens")
+        raise _invalid(
+            ErrorCode.MAX_NEW_TOKENS_EXCEEDED,
+            f"max_new_tokens is {job.max_new_tokens}, above model {spec.name!r}'s cap of "
+            f"{spec.max_new_tokens_cap}",
+            "max_new_tokens",
+        )
     chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or [])
     if chars > settings.max_prompt_chars:
-        raise _invalid(ErrorCode.PROMPT_TOO_LONG,
-                       f"prompt is {chars} characters, above the limit of {settings.max_prompt_chars}",
-                       "prompt" if job.prompt is not None else "messages")
+        raise _invalid(
+            ErrorCode.PROMPT_TOO_LONG,
+            f"prompt is {chars} characters, above the limit of {settings.max_prompt_chars}",
+            "prompt" if job.prompt is not None else "messages",
+        )
     if job.messages is not None and len(job.messages) > settings.max_messages:
-        raise _invalid(ErrorCode.VALIDATION_ERROR,
-                       f"{len(job.messages)} messages, above the limit of {settings.max_messages}", "messages")
+        raise _invalid(
+            ErrorCode.VALIDATION_ERROR,
+            f"{len(job.messages)} messages, above the limit of {settings.max_messages}",
+            "messages",
+        )
     if job.metadata is not None:
         size = len(json.dumps(job.metadata, separators=(",", ":")).encode())
         if size > settings.max_metadata_bytes:
-            raise _invalid(ErrorCode.VALIDATION_ERROR,
-                           f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}",
-                           "metadata")
-    return job.model_copy(update={"model": spec.name,
-                                  "max_new_tokens": job.max_new_tokens or spec.default_max_new_tokens})
+            raise _invalid(
+                ErrorCode.VALIDATION_ERROR,
+                f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}",
+                "metadata",
+            )
+    if job.timeout_s is not None and job.timeout_s > settings.max_job_seconds:
+        raise _invalid(
+            ErrorCode.VALIDATION_ERROR,
+            f"timeout_s is {job.timeout_s:g}, above the limit of {settings.max_job_seconds:g}",
+            "timeout_s",
+        )
+    return job.model_copy(
+        update={"model": spec.name, "max_new_tokens": job.max_new_tokens or spec.default_max_new_tokens}
+    )
 
 
 @bp.post("/v1/jobs")
@@ -85,14 +111,65 @@ def create_job() -> Response:
     settings, store = _ctx()
     job = parse_job(settings)
     job_id = new_job_id()
-    public = store.create(job_id, job.model, job)
-    celery = current_app.extensions["genq"]["celery"]
+    idem_key = _idempotency_key()
+    if idem_key is not None:
+        fingerprint = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
+        earlier = store.remember_idempotency(idem_key, fingerprint, job_id, settings.idempotency_ttl)
+        if earlier is not None:
+            return _replay(store, earlier, fingerprint)
+    spec = settings.model(job.model)
+    deadline = time.time() + (job.timeout_s or settings.max_job_seconds)
     try:
-        celery.send_task(TASK_GENERATE, args=[job_id], queue=settings.model(job.model).queue)
+        public = store.create(job_id, spec.name, job, settings.max_queued, deadline)
+        enqueue(current_app.extensions["genq"]["celery"], spec.queue, job_id, job.priority)
+    except QueueFull:
+        _forget(store, idem_key)
+        raise ApiError(
+            429,
+            ErrorCode.QUEUE_FULL,
+            f"model {spec.name!r} already has {settings.max_queued} queued jobs; retry later",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+        ) from None
     except Exception:
-        store.delete(job_id)  # never answer for a job no worker will see
+        # Never answer for a job no worker will see (nor leave its record or key behind).
+        with contextlib.suppress(Exception):
+            store.delete(job_id)
+            _forget(store, idem_key)
         raise
     return _json(public, 202, {"Location": url_for("genq.get_job", job_id=job_id)})
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise _invalid(
+            ErrorCode.VALIDATION_ERROR,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            "Idempotency-Key",
+        )
+    return key
+
+
+def _forget(store: JobStore, idem_key: str | None) -> None:
+    if idem_key is not None:
+        store.forget_idempotency(idem_key)
+
+
+def _replay(store: JobStore, earlier: dict[str, str], fingerprint: str) -> Response:
+    """Answer a repeated Idempotency-Key: the same job for the same body, 409 for another body."""
+    if earlier["fingerprint"] != fingerprint:
+        raise ApiError(
+            409, ErrorCode.IDEMPOTENCY_CONFLICT, "this Idempotency-Key was used with a different request body"
+        )
+    job = store.get(earlier["job_id"])
+    if job is None:
+        raise ApiError(
+            409,
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        )
+    headers = {"Location": url_for("genq.get_job", job_id=job.id), "Idempotent-Replayed": "true"}
+    return _json(job, 202, headers)
 
 
 def _job_or_404(store: JobStore, job_id: str, wait: float = 0) -> Any:
@@ -112,9 +189,12 @@ def get_job(job_id: str) -> Response:
         if not 0 <= wait <= settings.max_wait:
             raise ValueError
     except ValueError:
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR,
-                       f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw_wait!r}",
-                       [ErrorDetail(field="wait", message="out of range")]) from None
+        raise ApiError(
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw_wait!r}",
+            [ErrorDetail(field="wait", message="out of range")],
+        ) from None
     return _json(_job_or_404(store, job_id, wait))
 
 
@@ -147,8 +227,12 @@ def list_models() -> Response:
     settings, store = _ctx()
     workers = store.workers()
     data = [
-        ModelPublic(name=m.name, context_length=m.context_length, max_new_tokens_cap=m.max_new_tokens_cap,
-                    ready_workers=sum(w.get("model") == m.name for w in workers))
+        ModelPublic(
+            name=m.name,
+            context_length=m.context_length,
+            max_new_tokens_cap=m.max_new_tokens_cap,
+            ready_workers=sum(w.get("model") == m.name for w in workers),
+        )
         for m in settings.models
     ]
     return _json(ModelList(data=data))

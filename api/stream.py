@@ -39,7 +39,9 @@ def job_events(store: JobStore, job_id: str) -> Iterator[str]:
                 return
             yield ": keepalive\n\n"
     except redis.RedisError as exc:
-        yield sse("error", {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "message": f"job store unavailable: {exc}"})
+        yield sse(
+            "error", {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "message": f"job store unavailable: {exc}"}
+        )
 
 
 def _final(store: JobStore, job_id: str) -> Iterator[str]:

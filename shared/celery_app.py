@@ -5,9 +5,29 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from shared.schemas import Priority
 from shared.settings import Settings
 
 TASK_GENERATE = "genq.generate"  # the one task: run the job whose id it carries
+# kombu's Redis transport keeps one list per priority step and pops lower numbers first.
+PRIORITY_STEPS = [0, 9]
+PRIORITIES = {Priority.INTERACTIVE: 0, Priority.BATCH: 9}
+
+
+def queue_lists(queue: str) -> list[str]:
+    """Return the Redis lists that hold a queue's waiting messages, one per priority step."""
+    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS]
+
+
+def enqueue(app: Celery, queue: str, job_id: str, priority: Priority, attempt: int = 0) -> None:
+    """Publish the message that makes a worker run the job (the job record must exist first)."""
+    app.send_task(
+        TASK_GENERATE,
+        args=[job_id],
+        queue=queue,
+        priority=PRIORITIES[priority],
+        task_id=f"{job_id}.{attempt}",
+    )
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -29,6 +49,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        broker_transport_options={"visibility_timeout": 3600},  # seconds, Celery's default
+        # visibility_timeout (seconds) is Celery's default; genq's own leases requeue a dead
+        # worker's jobs long before it, and duplicate deliveries are refused by the job store.
+        broker_transport_options={"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS},
     )
     return app

@@ -25,9 +25,15 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
 def _submit(args: argparse.Namespace) -> int:
     client = Client(args.url)
     params = {
-        "model": args.model, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-        "top_p": args.top_p, "top_k": args.top_k, "repetition_penalty": args.repetition_penalty,
-        "seed": args.seed, "stop": args.stop or None, "do_sample": args.do_sample,
+        "model": args.model,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+        "stop": args.stop or None,
+        "do_sample": args.do_sample,
     }
     if args.chat:
         job = client.submit(messages=[{"role": "user", "content": args.prompt}], **params)
@@ -49,8 +55,10 @@ def _submit(args: argparse.Namespace) -> int:
     print()
     if final.get("status") != "succeeded":
         err = final.get("error") or {}
-        print(f"genq: job {final.get('status')}: {err.get('code', '')} {err.get('message', '')}".rstrip(),
-              file=sys.stderr)
+        print(
+            f"genq: job {final.get('status')}: {err.get('code', '')} {err.get('message', '')}".rstrip(),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -70,11 +78,24 @@ def _api(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     argv = [
-        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-        "--workers", str(settings.api_workers), "--worker-class", "gthread",
-        "--threads", str(settings.api_threads),
-        "--timeout", str(settings.max_wait + 30),  # a long poll must not look like a hung worker
-        "--graceful-timeout", "10", "--access-logfile", "-", "api.app:create_app()",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(settings.api_workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(settings.api_threads),
+        "--timeout",
+        str(settings.max_wait + 30),  # a long poll must not look like a hung worker
+        "--graceful-timeout",
+        "10",
+        "--access-logfile",
+        "-",
+        "api.app:create_app()",
     ]
     os.execv(sys.executable, argv)
     return 0  # not reached
@@ -107,8 +128,9 @@ def _up(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every genq subcommand."""
     parser = argparse.ArgumentParser(prog="genq", description=__doc__)
-    parser.add_argument("--url", default=os.environ.get("GENQ_URL", DEFAULT_URL),
-                        help="API base URL (env GENQ_URL)")
+    parser.add_argument(
+        "--url", default=os.environ.get("GENQ_URL", DEFAULT_URL), help="API base URL (env GENQ_URL)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("submit", help="submit a generation job")

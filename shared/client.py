@@ -38,19 +38,25 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              timeout_s: float | None = None) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raise _error(exc) from None
 
-    def submit(self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
-               **params: Any) -> dict[str, Any]:
+    def submit(
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **params: Any
+    ) -> dict[str, Any]:
         """Submit a job (prompt or messages, plus any generation parameters); return it queued."""
         body = {k: v for k, v in {"prompt": prompt, "messages": messages, **params}.items() if v is not None}
         return self._call("POST", "/v1/jobs", body)
@@ -73,8 +79,9 @@ class Client:
 
     def stream(self, job_id: str) -> Iterator[tuple[str, Any]]:
         """Yield (event, data) pairs of a job's server-sent events until its done event."""
-        req = urllib.request.Request(f"{self.base_url}/v1/jobs/{job_id}/stream",
-                                     headers={"Accept": "text/event-stream"})
+        req = urllib.request.Request(
+            f"{self.base_url}/v1/jobs/{job_id}/stream", headers={"Accept": "text/event-stream"}
+        )
         try:
             resp = urllib.request.urlopen(req, timeout=STREAM_IDLE_S)
         except urllib.error.HTTPError as exc:

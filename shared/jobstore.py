@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -10,69 +11,19 @@ from typing import Any
 
 import redis
 
-from shared.schemas import TERMINAL, JobCreate, JobPublic, Status
+from shared import keys, scripts
+from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
 
-PREFIX = "genq"
 EVENT_TOKEN = "token"  # new text produced
 EVENT_STATUS = "status"  # the job changed state
+EVENT_RESET = "reset"  # the job's worker died: drop the text streamed so far, it runs again
 EVENT_DONE = "done"  # the job reached a terminal state; always the last event
-
-
-def job_key(job_id: str) -> str:
-    """Return the key of a job's record (a hash)."""
-    return f"{PREFIX}:job:{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    """Return the key of a job's event stream (tokens and state changes)."""
-    return f"{PREFIX}:job:{job_id}:events"
-
-
-def worker_key(worker_id: str) -> str:
-    """Return the key of a worker's heartbeat record."""
-    return f"{PREFIX}:worker:{worker_id}"
-
-
-WORKERS_KEY = f"{PREFIX}:workers"  # set of worker ids that have registered
 _TERMINAL = [s.value for s in TERMINAL]
+BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
 
-# queued → running, only from queued: a cancelled or finished job is never started.
-_CLAIM = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'queued' then return st or false end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1],
-           'worker', ARGV[2], 'device', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
-redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
-return 'claimed'
-"""
 
-# Any non-terminal state → a terminal one, written once (compare-and-set), then the done event.
-_FINISH = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return false end
-for i = 2, #ARGV do if st == ARGV[i] then return st end end
-local fields = cjson.decode(ARGV[1])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', fields['status'])
-redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
-return 'ok'
-"""
-
-# A queued job is cancelled at once; a running one is flagged for its worker to stop.
-_CANCEL = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return false end
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'cancelled')
-  redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
-  return 'cancelled'
-end
-if st == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
-return st
-"""
+class QueueFull(Exception):
+    """The model already has as many queued jobs as allowed."""
 
 
 def new_job_id() -> str:
@@ -91,36 +42,65 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.r = client
         self.ttl_s = ttl_s
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
+        self._create = client.register_script(scripts.CREATE)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._finish = client.register_script(scripts.FINISH)
+        self._cancel = client.register_script(scripts.CANCEL)
+        self._requeue = client.register_script(scripts.REQUEUE)
 
     # --- jobs ---------------------------------------------------------------
-    def create(self, job_id: str, model: str, request: JobCreate) -> JobPublic:
-        """Store a new queued job; the caller enqueues it only after this returns."""
+    def create(
+        self, job_id: str, model: str, request: JobCreate, max_queued: int = 0, deadline: float | None = None
+    ) -> JobPublic:
+        """Store a new queued job (QueueFull past max_queued); the caller enqueues it after this."""
         now = time.time()
         body = request.model_dump(mode="json", exclude={"metadata"})
         body["model"] = model
-        record = {
+        record: dict[str, Any] = {
             "status": Status.QUEUED.value,
             "model": model,
             "created_at": repr(now),
             "request": json.dumps(body),
             "attempts": 0,
+            "priority": request.priority.value,
         }
+        if deadline is not None:
+            record["deadline"] = repr(deadline)
         if request.metadata is not None:
             record["metadata"] = json.dumps(request.metadata)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(job_key(job_id), mapping=record)
-        pipe.expire(job_key(job_id), self.ttl_s)
-        pipe.execute()
-        return JobPublic(
-            id=job_id, status=Status.QUEUED, model=model, created_at=now, metadata=request.metadata
+        pairs = [str(x) for kv in record.items() for x in kv]
+        done = self._create(
+            keys=[keys.job(job_id), keys.queued(model)],
+            args=[job_id, max_queued, repr(now), self.ttl_s, *pairs],
         )
+        if done == "full":
+            raise QueueFull(model)
+        return JobPublic(
+            id=job_id,
+            status=Status.QUEUED,
+            model=model,
+            created_at=now,
+            metadata=request.metadata,
+            priority=request.priority,
+            deadline=deadline,
+        )
+
+    def remember_idempotency(self, key: str, fingerprint: str, job_id: str, ttl_s: int) -> dict | None:
+        """Bind an Idempotency-Key to a new job; return the earlier binding if the key was used."""
+        name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+        value = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
+        if self.r.set(name, value, nx=True, ex=ttl_s):
+            return None
+        earlier = self.r.get(name)
+        return json.loads(earlier) if earlier else None
+
+    def forget_idempotency(self, key: str) -> None:
+        """Release a key whose job could not be created."""
+        self.r.delete(keys.idempotency(hashlib.sha256(key.encode()).hexdigest()))
 
     def raw(self, job_id: str) -> dict[str, str]:
         """Return a job's record as stored (empty when unknown or expired)."""
-        return self.r.hgetall(job_key(job_id))
+        return self.r.hgetall(keys.job(job_id))
 
     def get(self, job_id: str) -> JobPublic | None:
         """Return a job as clients see it, or None when unknown or expired."""
@@ -129,29 +109,63 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Remove a job whose enqueue failed, so that no record claims it exists."""
-        self.r.delete(job_key(job_id), events_key(job_id))
+        model = self.r.hget(keys.job(job_id), "model")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(keys.job(job_id), keys.events(job_id))
+        if model:
+            pipe.zrem(keys.queued(model), job_id)
+        pipe.execute()
 
-    def claim(self, job_id: str, worker: str, device: str) -> str | None:
-        """Move a queued job to running: 'claimed', else the status that forbids it (None if unknown)."""
+    def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> str | None:
+        """Move a queued job to running under a lease: 'claimed', 'expired' (past its deadline),
+        else the status that forbids it (None if unknown)."""
+        now = time.time()
+        expired = json.dumps(
+            {
+                "code": ErrorCode.EXPIRED.value,
+                "message": "the job's deadline passed before a worker could start it",
+            }
+        )
         return self._claim(
-            keys=[job_key(job_id), events_key(job_id)], args=[repr(time.time()), worker, device]
+            keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
+            args=[job_id, repr(now), worker, device, repr(now + lease_s), expired],
         )
 
-    def finish(self, job_id: str, status: Status, **fields: Any) -> bool:
-        """Write a terminal state once; return False if the job had already ended."""
+    def renew(self, job_ids: list[str], lease_s: float) -> None:
+        """Extend the leases of the running jobs this worker holds (one round trip)."""
+        if job_ids:
+            until = time.time() + lease_s
+            self.r.zadd(keys.RUNNING, dict.fromkeys(job_ids, until), xx=True)
+
+    def requeue(self, job_id: str, max_attempts: int) -> str | None:
+        """Put back a running job whose lease lapsed: 'requeued', or its terminal status."""
+        lost = json.dumps(
+            {
+                "code": ErrorCode.WORKER_LOST.value,
+                "message": f"the job's worker died on each of its {max_attempts} attempts",
+            }
+        )
+        return self._requeue(
+            keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
+            args=[job_id, repr(time.time()), max_attempts, lost],
+        )
+
+    def finish(self, job_id: str, status: Status, holder: str = "", **fields: Any) -> bool:
+        """Write a terminal state once; False if the job had ended or holder no longer holds it."""
         assert status.is_terminal
         values = {"status": status.value, "finished_at": repr(time.time())}
         for name, value in fields.items():
             if value is not None:
                 values[name] = value if isinstance(value, str) else json.dumps(value)
         done = self._finish(
-            keys=[job_key(job_id), events_key(job_id)], args=[json.dumps(values), *_TERMINAL]
+            keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
+            args=[job_id, json.dumps(values), holder, *_TERMINAL],
         )
         return done == "ok"
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job, or ask a running one's worker to stop; return the status seen."""
-        return self._cancel(keys=[job_key(job_id), events_key(job_id)], args=[repr(time.time())])
+        return self._cancel(keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(time.time())])
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Return which of these running jobs a client asked to cancel (one round trip)."""
@@ -159,16 +173,16 @@ class JobStore:
             return set()
         pipe = self.r.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(job_key(job_id), "cancel")
-        return {j for j, flag in zip(job_ids, pipe.execute()) if flag}
+            pipe.hget(keys.job(job_id), "cancel")
+        return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
     # --- events -------------------------------------------------------------
     def publish_tokens(self, deltas: dict[str, str]) -> None:
         """Append new text of several jobs to their event streams in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         for job_id, text in deltas.items():
-            pipe.xadd(events_key(job_id), {"type": EVENT_TOKEN, "data": text})
-            pipe.expire(events_key(job_id), self.ttl_s)
+            pipe.xadd(keys.events(job_id), {"type": EVENT_TOKEN, "data": text})
+            pipe.expire(keys.events(job_id), self.ttl_s)
         pipe.execute()
 
     def events(self, job_id: str, after: str = "0-0", timeout_s: float = 0) -> Iterator[dict]:
@@ -177,8 +191,9 @@ class JobStore:
         last = after
         while True:
             left_ms = int((deadline - time.monotonic()) * 1000)
-            block = max(left_ms, 1) if timeout_s > 0 else None
-            reply = self.r.xread({events_key(job_id): last}, count=512, block=block)
+            # Block in slices shorter than the client's socket timeout (redis-py's default is 5 s).
+            block = min(max(left_ms, 1), BLOCK_SLICE_MS) if timeout_s > 0 else None
+            reply = self.r.xread({keys.events(job_id): last}, count=512, block=block)
             if not reply:
                 if timeout_s <= 0 or left_ms <= 0:
                     return
@@ -203,28 +218,27 @@ class JobStore:
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
         """Record that a worker is alive and ready; the record lapses after ttl_s."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(worker_key(worker_id), json.dumps({**info, "last_seen": time.time()}),
-                 px=int(ttl_s * 1000))
-        pipe.sadd(WORKERS_KEY, worker_id)
+        pipe.set(keys.worker(worker_id), json.dumps({**info, "last_seen": time.time()}), px=int(ttl_s * 1000))
+        pipe.sadd(keys.WORKERS, worker_id)
         pipe.execute()
 
     def unregister(self, worker_id: str) -> None:
         """Remove a worker from the registry as it stops."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.delete(worker_key(worker_id))
-        pipe.srem(WORKERS_KEY, worker_id)
+        pipe.delete(keys.worker(worker_id))
+        pipe.srem(keys.WORKERS, worker_id)
         pipe.execute()
 
     def workers(self) -> list[dict[str, Any]]:
         """Return the live workers; ids whose heartbeat lapsed are dropped from the registry."""
-        ids = sorted(self.r.smembers(WORKERS_KEY))
+        ids = sorted(self.r.smembers(keys.WORKERS))
         if not ids:
             return []
-        values = self.r.mget([worker_key(w) for w in ids])
-        dead = [w for w, v in zip(ids, values) if v is None]
+        values = self.r.mget([keys.worker(w) for w in ids])
+        dead = [w for w, v in zip(ids, values, strict=True) if v is None]
         if dead:
-            self.r.srem(WORKERS_KEY, *dead)
-        return [{"id": w, **json.loads(v)} for w, v in zip(ids, values) if v is not None]
+            self.r.srem(keys.WORKERS, *dead)
+        return [{"id": w, **json.loads(v)} for w, v in zip(ids, values, strict=True) if v is not None]
 
 
 def _loads(value: str | None) -> Any:
@@ -252,4 +266,7 @@ def to_public(job_id: str, rec: dict[str, str]) -> JobPublic:
         seed=int(rec["seed"]) if rec.get("seed") else None,
         error=_loads(rec.get("error")),
         metadata=_loads(rec.get("metadata")),
+        priority=rec.get("priority", "interactive"),
+        attempts=int(rec.get("attempts") or 0),
+        deadline=_float(rec.get("deadline")),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,7 +30,7 @@ def _utf8(text: str) -> str:
     return text
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where a job is in its life."""
 
     QUEUED = "queued"
@@ -48,16 +48,24 @@ class Status(str, Enum):
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     """Why generation stopped."""
 
     LENGTH = "length"  # max_new_tokens reached
     STOP = "stop"  # a stop string matched; the output is cut before it
     EOS = "eos"  # the model emitted an end-of-sequence token
     CANCELLED = "cancelled"  # a client cancelled it while it ran
+    TIMEOUT = "timeout"  # its deadline passed while it ran (the job fails with code timeout)
 
 
-class ErrorCode(str, Enum):
+class Priority(StrEnum):
+    """Which queued jobs a worker takes first."""
+
+    INTERACTIVE = "interactive"  # someone is waiting: taken before any batch job
+    BATCH = "batch"  # bulk work: runs when no interactive job waits
+
+
+class ErrorCode(StrEnum):
     """Machine-readable error codes, in HTTP responses and failed jobs."""
 
     MALFORMED_JSON = "malformed_json"
@@ -72,11 +80,16 @@ class ErrorCode(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_CANCELLABLE = "not_cancellable"
+    QUEUE_FULL = "queue_full"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    EXPIRED = "expired"  # the deadline passed while the job was queued; it never ran
+    TIMEOUT = "timeout"  # the deadline passed while it ran; partial text kept
+    WORKER_LOST = "worker_lost"  # its worker died on every attempt
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL = "internal_error"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """Speaker of a chat message."""
 
     SYSTEM = "system"
@@ -128,6 +141,8 @@ class JobCreate(GenerationParams):
     prompt: str | None = None  # plain text, continued as is
     messages: list[Message] | None = None  # chat, rendered with the model's chat template
     metadata: dict[str, Any] | None = None  # echoed back unchanged
+    priority: Priority = Priority.INTERACTIVE
+    timeout_s: Annotated[float, Field(gt=0)] | None = None  # deadline from submission; capped by settings
 
     @field_validator("prompt")
     @classmethod
@@ -205,6 +220,9 @@ class JobPublic(BaseModel):
     seed: int | None = None  # the seed actually used, so a sampled job can be replayed
     error: JobError | None = None
     metadata: dict[str, Any] | None = None
+    priority: Priority = Priority.INTERACTIVE
+    attempts: int = 0  # times a worker started it (more than 1 after a worker died)
+    deadline: float | None = None  # Unix seconds; queued past it → expired, running past it → timeout
 
 
 class ModelPublic(BaseModel):

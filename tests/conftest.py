@@ -33,7 +33,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05
+) -> object:
     """Poll predicate until it returns something truthy, or fail the test after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -63,8 +65,21 @@ class RedisServer:
         assert binary, "redis-server is not installed; run `make setup`"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -111,8 +126,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_model_dir: Path) -> ModelSpec:
     """The catalog entry of the tiny model; a large cap lets tests run long jobs to cancel."""
-    return ModelSpec(name="tiny", source=str(tiny_model_dir), context_length=8192,
-                     max_new_tokens_cap=8000, default_max_new_tokens=16)
+    return ModelSpec(
+        name="tiny",
+        source=str(tiny_model_dir),
+        context_length=8192,
+        max_new_tokens_cap=8000,
+        default_max_new_tokens=16,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +144,14 @@ def cache_dir() -> Path:
 @pytest.fixture
 def settings(redis_url: str, tiny_spec: ModelSpec, cache_dir: Path) -> Settings:
     """Settings for one test: the fresh Redis, the tiny model first, SmolLM2 second."""
-    return Settings(redis_url=redis_url, models=[tiny_spec, *default_catalog()], cache_dir=cache_dir,
-                    heartbeat_interval=0.5, worker_ttl=3.0, max_batch=8)
+    return Settings(
+        redis_url=redis_url,
+        models=[tiny_spec, *default_catalog()],
+        cache_dir=cache_dir,
+        heartbeat_interval=0.5,
+        worker_ttl=3.0,
+        max_batch=8,
+    )
 
 
 @pytest.fixture
@@ -188,14 +214,17 @@ def start_worker(settings: Settings, store: JobStore, tmp_path: Path) -> Iterato
 
     def _start(model: str = "tiny", wait_ready: bool = True, **overrides: object) -> Proc:
         env = settings_env(settings.model_copy(update=overrides))
-        proc = Proc([*GENQ, "worker", "--model", model, "--device", "cpu"], env,
-                    tmp_path / f"worker-{len(procs)}.log")
+        proc = Proc(
+            [*GENQ, "worker", "--model", model, "--device", "cpu"], env, tmp_path / f"worker-{len(procs)}.log"
+        )
         procs.append(proc)
         if wait_ready:
+
             def ready() -> bool:
                 if proc.proc.poll() is not None:
                     raise AssertionError(f"worker exited early:\n{proc.log()}")
                 return any(w["pid"] == proc.pid for w in store.workers())
+
             wait_until(ready, START_TIMEOUT_S, f"worker for {model} to register", 0.2)
         return proc
 

@@ -59,14 +59,18 @@ def test_seed_example_is_reproducible(start_worker, client: Client) -> None:
     assert first["seed"] == 1234
     # Without a seed, the job reports the one it drew, and replaying it gives the same text.
     unseeded = client.wait(client.submit("Artificial Intelligence is", **SEED_EXAMPLE)["id"], 60)
-    replay = client.wait(client.submit("Artificial Intelligence is", seed=unseeded["seed"], **SEED_EXAMPLE)["id"], 60)
+    replay = client.wait(
+        client.submit("Artificial Intelligence is", seed=unseeded["seed"], **SEED_EXAMPLE)["id"], 60
+    )
     assert replay["output"]["text"] == unseeded["output"]["text"]
 
 
 def test_many_concurrent_jobs_all_finish(start_worker, client: Client) -> None:
     start_worker()
-    ids = [client.submit(f"Story {i}: once upon a time", max_new_tokens=20, temperature=0)["id"]
-           for i in range(20)]
+    ids = [
+        client.submit(f"Story {i}: once upon a time", max_new_tokens=20, temperature=0)["id"]
+        for i in range(20)
+    ]
     done = [client.wait(i, 120) for i in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 20
 
@@ -145,27 +149,54 @@ def test_heartbeat_lapses_when_worker_is_killed(start_worker, store, settings: S
 
 def test_worker_with_unloadable_model_exits_with_clear_error(settings: Settings, tmp_path) -> None:
     bad = settings.model_copy(update={"models": [ModelSpec(name="broken", source=str(tmp_path / "nothing"))]})
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--model", "broken"],
-                            env=settings_env(bad), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--model", "broken"],
+        env=settings_env(bad),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "cannot load model 'broken'" in result.stderr
-    unknown = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--model", "nope"],
-                             env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--model", "nope"],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unknown.returncode != 0 and "unknown model 'nope'" in unknown.stderr
 
 
 def _cli(api: str, *args: str) -> subprocess.CompletedProcess:
     # Bytes, decoded by hand: text=True would turn a generated "\r" into "\n".
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "--url", api, *args], cwd=ROOT,
-                         capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--url", api, *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
     out.stdout, out.stderr = out.stdout.decode(), out.stderr.decode()
     return out
 
 
 def test_cli_submit_wait_get_cancel(start_worker, api_server: str, client: Client) -> None:
     start_worker()
-    out = _cli(api_server, "submit", "Artificial Intelligence is", "--max-new-tokens", "50",
-               "--temperature", "0.7", "--seed", "5", "--wait")
+    out = _cli(
+        api_server,
+        "submit",
+        "Artificial Intelligence is",
+        "--max-new-tokens",
+        "50",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "5",
+        "--wait",
+    )
     assert out.returncode == 0, out.stderr
     expected = client.wait(client.submit("Artificial Intelligence is", seed=5, **SEED_EXAMPLE)["id"], 60)
     assert out.stdout.rstrip("\n") == expected["output"]["text"]
@@ -183,8 +214,12 @@ def test_cli_submit_wait_get_cancel(start_worker, api_server: str, client: Clien
 @pytest.mark.slow
 def test_smollm2_answers_through_the_whole_stack(start_worker, client: Client) -> None:
     start_worker(model="smollm2-135m-instruct")
-    job = client.submit(messages=[{"role": "user", "content": "What is the capital of France?"}],
-                        model="smollm2-135m-instruct", temperature=0, max_new_tokens=30)
+    job = client.submit(
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        model="smollm2-135m-instruct",
+        temperature=0,
+        max_new_tokens=30,
+    )
     done = client.wait(job["id"], 120)
     assert done["status"] == "succeeded", done
     assert "Paris" in done["output"]["text"]
@@ -197,7 +232,9 @@ def test_messages_without_chat_template_fail_clearly(start_worker, client: Clien
     done = client.wait(job["id"], 60)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "no_chat_template"
-    assert client.wait(client.submit("hi", model="plain", max_new_tokens=3)["id"], 60)["status"] == "succeeded"
+    assert (
+        client.wait(client.submit("hi", model="plain", max_new_tokens=3)["id"], 60)["status"] == "succeeded"
+    )
 
 
 def test_stream_sends_tokens_then_done(start_worker, client: Client) -> None:

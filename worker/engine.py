@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -39,6 +39,8 @@ class Request:
     seed: int
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    deadline: float | None = None  # Unix seconds; past it the job stops with finish reason TIMEOUT
+    solo: bool = False  # run with no other job in the batch (a job whose last worker died)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class _Row:
 
 
 class Engine:
-    """Holds up to max_batch jobs in one padded KV cache; each step admits new jobs and decodes one token for all."""
+    """Up to max_batch jobs share one padded KV cache; each step admits jobs and decodes one token."""
 
     def __init__(
         self,
@@ -96,7 +98,7 @@ class Engine:
         self.device = model.device
         self.vocab = int(model.get_output_embeddings().weight.shape[0])
         self.eos_ids = _eos_ids(model, tokenizer)
-        self._pending: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
+        self._pending: deque[tuple[Request, Future]] = deque()  # appended by any thread, taken by the loop
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, cached tokens], 0 = left padding
@@ -109,7 +111,9 @@ class Engine:
         """Turn a prompt, or chat messages rendered by the model's template, into token ids."""
         if messages is not None:
             if not getattr(self.tokenizer, "chat_template", None):
-                raise GenerationError(ErrorCode.NO_CHAT_TEMPLATE, "this model has no chat template; send 'prompt'")
+                raise GenerationError(
+                    ErrorCode.NO_CHAT_TEMPLATE, "this model has no chat template; send 'prompt'"
+                )
             prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return self.tokenizer(prompt)["input_ids"]
@@ -124,7 +128,7 @@ class Engine:
                 f"{budget} exceeds the model's context length of {self.context_length}",
             )
         future: Future = Future()
-        self._pending.put((req, future))
+        self._pending.append((req, future))
         self._wake.set()
         return future
 
@@ -139,7 +143,7 @@ class Engine:
     def run(self, stop: threading.Event) -> None:
         """Step until stop is set, sleeping while there is nothing to do."""
         while not stop.is_set():
-            if not self._rows and self._pending.empty():
+            if not self._rows and not self._pending:
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
                 continue
@@ -169,10 +173,12 @@ class Engine:
 
     def _admit(self) -> None:
         new: list[tuple[Request, Future]] = []
-        while len(self._rows) + len(new) < self.max_batch:
-            try:
-                new.append(self._pending.get_nowait())
-            except queue.Empty:
+        # A solo job waits for the batch to drain, then runs alone; nothing joins it.
+        while self._pending and len(self._rows) + len(new) < self.max_batch:
+            if any(r.req.solo for r in self._rows) or (self._pending[0][0].solo and (self._rows or new)):
+                break
+            new.append(self._pending.popleft())
+            if new[-1][0].solo:
                 break
         new = [(r, f) for r, f in new if f.set_running_or_notify_cancel()]
         if not new:
@@ -180,31 +186,44 @@ class Engine:
         now = time.perf_counter()
         width = max(len(r.input_ids) for r, _ in new)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(r.input_ids)) + r.input_ids for r, _ in new], device=self.device)
+        ids = torch.tensor(
+            [[pad] * (width - len(r.input_ids)) + r.input_ids for r, _ in new], device=self.device
+        )
         mask = torch.tensor(
             [[0] * (width - len(r.input_ids)) + [1] * len(r.input_ids) for r, _ in new], device=self.device
         )
         cache = DynamicCache(config=self.model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         logits_to_keep=1)
+        try:
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1
+            )
+        except Exception as exc:  # fail only the jobs being admitted; the running batch goes on
+            log.exception("prefill of %d jobs failed", len(new))
+            for _, future in new:
+                future.set_exception(exc)
+            return
         seen = torch.zeros(len(new), self.vocab, dtype=torch.bool, device=self.device)
         for i, (r, _) in enumerate(new):
             seen[i, r.input_ids] = True
-        rows = [
-            _Row(req=r, future=f, generator=_generator(r, self.device), started=now) for r, f in new
-        ]
+        rows = [_Row(req=r, future=f, generator=_generator(r, self.device), started=now) for r, f in new]
         self._merge(rows, cache, mask, seen, out.logits[:, -1, :].float())
 
-    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, seen: torch.Tensor,
-               logits: torch.Tensor) -> None:
+    def _merge(
+        self,
+        rows: list[_Row],
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        seen: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> None:
         """Join freshly prefilled rows to the running batch, left-padding the shorter cache."""
         if self._cache is None:
             self._cache, self._mask, self._seen = cache, mask, seen
         else:
             old_len, new_len = self._mask.shape[1], mask.shape[1]
             width = max(old_len, new_len)
-            for old, fresh in zip(self._cache.layers, cache.layers):
+            for old, fresh in zip(self._cache.layers, cache.layers, strict=True):
                 old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(fresh.keys, width)])
                 old.values = torch.cat([_pad_left(old.values, width), _pad_left(fresh.values, width)])
             self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
@@ -218,10 +237,13 @@ class Engine:
     def _decode(self) -> None:
         ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device)
         self._mask = torch.cat([self._mask, ones], dim=1)
-        positions = (self._mask.sum(-1, keepdim=True) - 1)
+        positions = self._mask.sum(-1, keepdim=True) - 1
         out = self.model(
-            input_ids=self._last.unsqueeze(1), attention_mask=self._mask, position_ids=positions,
-            cache=self._cache, logits_to_keep=1,
+            input_ids=self._last.unsqueeze(1),
+            attention_mask=self._mask,
+            position_ids=positions,
+            cache=self._cache,
+            logits_to_keep=1,
         )
         tokens = self._sample(out.logits[:, -1, :].float(), 0)
         self._last = tokens
@@ -252,14 +274,19 @@ class Engine:
                 finished[i] = reason
             elif len(row.text) > row.emitted + _holdback(row):
                 upto = len(row.text) - _holdback(row)
-                deltas[row.req.id] = row.text[row.emitted:upto]
+                deltas[row.req.id] = row.text[row.emitted : upto]
                 row.emitted = upto
         if first == 0:
             running = [r.req.id for i, r in enumerate(self._rows) if i not in finished]
             stopped = self.hooks.cancelled(running) if running else set()
+            now = time.time()
             for i, r in enumerate(self._rows):
-                if r.req.id in stopped and i not in finished:
+                if i in finished:
+                    continue
+                if r.req.id in stopped:
                     finished[i] = FinishReason.CANCELLED
+                elif r.req.deadline is not None and now > r.req.deadline:
+                    finished[i] = FinishReason.TIMEOUT
         for i, reason in finished.items():
             delta = self._finish(self._rows[i], reason)
             if delta:
@@ -271,11 +298,11 @@ class Engine:
 
     def _extend_text(self, row: _Row) -> FinishReason | None:
         """Detokenize incrementally; return STOP (and cut the text) when a stop string appears."""
-        prefix = self.tokenizer.decode(row.ids[row.prefix_offset:row.read_offset], skip_special_tokens=True)
-        full = self.tokenizer.decode(row.ids[row.prefix_offset:], skip_special_tokens=True)
+        prefix = self.tokenizer.decode(row.ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+        full = self.tokenizer.decode(row.ids[row.prefix_offset :], skip_special_tokens=True)
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             start = len(row.text)
-            row.text += full[len(prefix):]
+            row.text += full[len(prefix) :]
             row.prefix_offset, row.read_offset = row.read_offset, len(row.ids)
             if row.req.stop:
                 cut = _find_stop(row.text, row.req.stop, max(0, start - max(map(len, row.req.stop))))
@@ -287,18 +314,27 @@ class Engine:
     def _finish(self, row: _Row, reason: FinishReason) -> str:
         """Resolve a row's future with its final text; return the text not yet reported."""
         t0 = time.perf_counter()
-        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-        if row.req.stop:
-            cut = _find_stop(text, row.req.stop, 0)
+        # Flush what incremental detokenization held back (an incomplete character at the end);
+        # the final text extends the streamed text, so a stream always adds up to the result.
+        prefix = self.tokenizer.decode(row.ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+        tail = self.tokenizer.decode(row.ids[row.prefix_offset :], skip_special_tokens=True)
+        text = row.text if reason is FinishReason.STOP else row.text + tail[len(prefix) :]
+        if row.req.stop and reason is not FinishReason.STOP:
+            cut = _find_stop(text, row.req.stop, max(0, len(row.text) - max(map(len, row.req.stop))))
             if cut is not None:
                 text, reason = text[:cut], FinishReason.STOP
         decode_s = time.perf_counter() - t0
-        row.future.set_result(Result(
-            text=text, finish_reason=reason, prompt_tokens=len(row.req.input_ids),
-            completion_tokens=len(row.ids), generate_s=t0 - row.started, decode_s=decode_s,
-        ))
-        # Report only what extends the text already streamed.
-        return text[row.emitted:] if text.startswith(row.text[:row.emitted]) else ""
+        row.future.set_result(
+            Result(
+                text=text,
+                finish_reason=reason,
+                prompt_tokens=len(row.req.input_ids),
+                completion_tokens=len(row.ids),
+                generate_s=t0 - row.started,
+                decode_s=decode_s,
+            )
+        )
+        return text[row.emitted :]
 
     def _drop(self, indices: list[int]) -> None:
         """Remove finished rows from the batch and trim padding no row needs any more."""
@@ -351,4 +387,3 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
         elif value:
             ids.update(value)
     return ids
-

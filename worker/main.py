@@ -34,15 +34,25 @@ def run_worker(settings: Settings, model: str | None, device: str, loglevel: str
     register_tasks(app, runtime)
 
     # Ready means consuming: register only once Celery has connected and declared its queue.
-    signals.worker_ready.connect(lambda **_: runtime.start_heartbeat(), weak=False)
+    signals.worker_ready.connect(lambda **_: runtime.start_heartbeat(app), weak=False)
     # On shutdown, leave the registry at once, but keep the engine until the jobs in hand finish.
     signals.worker_shutting_down.connect(lambda **_: runtime.leave(), weak=False)
     # The thread pool never forks, so a CUDA context made by the loader stays valid; each
     # thread holds one job and waits on the shared engine, which batches them all.
     argv = [
-        "worker", "--pool", "threads", "--concurrency", str(settings.max_batch),
-        "--queues", spec.queue, "--hostname", f"{runtime.worker_id.replace(':', '-')}",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(settings.max_batch),
+        "--queues",
+        spec.queue,
+        "--hostname",
+        f"{runtime.worker_id.replace(':', '-')}",
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
     ]
     try:
         app.worker_main(argv=argv)

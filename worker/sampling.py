@@ -35,7 +35,8 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.
     probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
     # Drop a token once the mass before it already reaches top_p; the first token always stays.
     before = torch.cumsum(probs, dim=-1) - probs
-    remove |= before >= top_p.unsqueeze(1)
+    # Rows with top_p = 1.0 filter nothing: float rounding can push the sum to 1 before the tail.
+    remove |= (before >= top_p.unsqueeze(1)) & (top_p < 1.0).unsqueeze(1)
     remove[:, 0] = False
     mask = torch.zeros_like(remove).scatter(1, sorted_idx, remove)
     return logits.masked_fill(mask, float("-inf"))

@@ -1,0 +1,39 @@
+"""Names of every Redis key genq uses (besides Celery's own queue lists)."""
+
+from __future__ import annotations
+
+PREFIX = "genq"
+WORKERS = f"{PREFIX}:workers"  # set of worker ids that have registered
+RUNNING = f"{PREFIX}:running"  # zset: running job id → lease expiry (Unix seconds)
+RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one reconciler at a time across the fleet
+UNACKED = "unacked"  # kombu's hash of delivered, not yet acked messages
+
+
+def job(job_id: str) -> str:
+    """Return the key of a job's record (a hash)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events(job_id: str) -> str:
+    """Return the key of a job's event stream (tokens and state changes)."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def queued(model: str) -> str:
+    """Return the zset of a model's queued job ids, scored by when they were (re)queued."""
+    return f"{PREFIX}:queued:{model}"
+
+
+def worker(worker_id: str) -> str:
+    """Return the key of a worker's heartbeat record."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def idempotency(key_hash: str) -> str:
+    """Return the key that maps an Idempotency-Key (hashed) to its job."""
+    return f"{PREFIX}:idem:{key_hash}"
+
+
+def queue(model: str) -> str:
+    """Return the Celery queue (and Redis list) that carries a model's jobs."""
+    return f"{PREFIX}.{model}"

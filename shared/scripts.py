@@ -1,0 +1,99 @@
+"""Lua scripts that make each job-state transition atomic in Redis (compare-and-set)."""
+
+# KEYS: job, queued zset. ARGV: job id, max queued (0 = no limit), now, ttl, field/value pairs...
+CREATE = """
+if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 'full' end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 'ok'
+"""
+
+# queued → running, only from queued: a cancelled or finished job never starts; a job past its
+# deadline fails as expired instead. KEYS: job, events, running zset.
+# ARGV: job id, now, worker, device, lease expiry, expired-error JSON.
+CLAIM = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'queued' then return st or false end
+redis.call('ZREM', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[1])
+local ttl = redis.call('TTL', KEYS[1])
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if deadline and tonumber(ARGV[2]) > tonumber(deadline) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[6])
+  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'failed')
+  redis.call('EXPIRE', KEYS[2], ttl)
+  return 'expired'
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'device', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
+redis.call('EXPIRE', KEYS[2], ttl)
+return 'claimed'
+"""
+
+# Any non-terminal state → a terminal one, written once, then the done event. A worker may
+# finish only a job it still holds (not one requeued after its lease lapsed and run elsewhere).
+# KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any), terminal statuses...
+FINISH = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return false end
+for i = 4, #ARGV do if st == ARGV[i] then return st end end
+if ARGV[3] ~= '' and (st ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3]) then
+  return 'not_holder'
+end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', fields['status'])
+redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
+return 'ok'
+"""
+
+# A queued job is cancelled at once; a running one is flagged for its worker to stop.
+# KEYS: job, events. ARGV: job id, now.
+CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return false end
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('ZREM', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[1])
+  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'cancelled')
+  redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
+  return 'cancelled'
+end
+if st == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return st
+"""
+
+# A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
+# time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
+# ARGV: job id, now, max attempts, worker_lost-error JSON.
+REQUEUE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
+local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if lease and tonumber(lease) > tonumber(ARGV[2]) then return 'alive' end
+redis.call('ZREM', KEYS[3], ARGV[1])
+local ttl = redis.call('TTL', KEYS[1])
+local final = nil
+if redis.call('HGET', KEYS[1], 'cancel') then
+  final = 'cancelled'
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[3]) then
+  final = 'failed'
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
+end
+if final then
+  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', final)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  return final
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
+redis.call('ZADD', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[2], ARGV[1])
+-- Streams restart: clients drop the text of the lost attempt on a reset event.
+redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
+redis.call('EXPIRE', KEYS[2], ttl)
+return 'requeued'
+"""

@@ -1,0 +1,112 @@
+"""Put back the jobs a dead worker held, re-send lost messages, and expire overdue queued jobs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+
+import redis
+from celery import Celery
+
+from shared import keys
+from shared.celery_app import enqueue, queue_lists
+from shared.jobstore import JobStore
+from shared.schemas import ErrorCode, Priority, Status
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"job_[0-9a-f]{32}")
+
+
+class Reconciler:
+    """Runs in every worker; a Redis lock lets one sweep at a time across the fleet."""
+
+    def __init__(self, store: JobStore, app: Celery, settings: Settings) -> None:
+        self.store = store
+        self.r = store.r
+        self.app = app
+        self.settings = settings
+        self.interval_s = settings.lease_seconds / 3  # so a lapsed lease is seen within lease_seconds
+
+    def run(self, stop: threading.Event) -> None:
+        """Sweep every interval until stop is set; Redis outages are logged and waited out."""
+        while not stop.wait(self.interval_s):
+            try:
+                counts = self.sweep()
+                if counts:
+                    log.info("reconciler: %s", dict(counts))
+            except redis.RedisError as exc:
+                log.warning("reconciler sweep failed: %s", exc)
+
+    def sweep(self) -> Counter:
+        """Do one pass if no other worker is doing one; return what it changed."""
+        token = secrets.token_hex(8)
+        if not self.r.set(keys.RECONCILER_LOCK, token, nx=True, px=int(self.interval_s * 2000)):
+            return Counter()
+        try:
+            counts = self._lapsed_leases()
+            counts.update(self._stale_queued())
+            return counts
+        finally:
+            if self.r.get(keys.RECONCILER_LOCK) == token:
+                self.r.delete(keys.RECONCILER_LOCK)
+
+    def _send(self, job_id: str) -> None:
+        model, priority, attempts = self.r.hmget(keys.job(job_id), "model", "priority", "attempts")
+        enqueue(self.app, keys.queue(model), job_id, Priority(priority or "interactive"), int(attempts or 0))
+
+    def _lapsed_leases(self) -> Counter:
+        counts: Counter = Counter()
+        for job_id in self.r.zrangebyscore(keys.RUNNING, "-inf", time.time()):
+            outcome = self.store.requeue(job_id, self.settings.max_attempts)
+            if outcome == "requeued":
+                self._send(job_id)
+            counts[f"lease_{outcome}"] += 1
+        return counts
+
+    def _in_broker(self) -> set[str]:
+        """Return the job ids that have a message waiting in a queue or held unacked by a worker."""
+        pipe = self.r.pipeline(transaction=False)
+        for spec in self.settings.models:
+            for name in queue_lists(spec.queue):
+                pipe.lrange(name, 0, -1)
+        pipe.hvals(keys.UNACKED)
+        found: set[str] = set()
+        for messages in pipe.execute():
+            for message in messages:
+                found.update(JOB_ID.findall(message))
+        return found
+
+    def _stale_queued(self) -> Counter:
+        """Jobs queued longer than a lease: expire them past their deadline, else make sure a
+        message for them exists (one lost between BRPOP and the unacked set, say)."""
+        counts: Counter = Counter()
+        now = time.time()
+        present: set[str] | None = None
+        for spec in self.settings.models:
+            zset = keys.queued(spec.name)
+            for job_id in self.r.zrangebyscore(zset, "-inf", now - self.settings.lease_seconds):
+                status, deadline = self.r.hmget(keys.job(job_id), "status", "deadline")
+                if status != Status.QUEUED.value:
+                    self.r.zrem(zset, job_id)  # ended, or its record expired
+                    continue
+                if deadline and now > float(deadline):
+                    error = {
+                        "code": ErrorCode.EXPIRED.value,
+                        "message": "the job's deadline passed before a worker could start it",
+                    }
+                    self.store.finish(job_id, Status.FAILED, error=error)
+                    counts["expired"] += 1
+                    continue
+                if present is None:
+                    present = self._in_broker()
+                if job_id not in present:
+                    self._send(job_id)
+                    counts["resent"] += 1
+                self.r.zadd(zset, {job_id: now}, xx=True)  # look again one lease from now
+        return counts
