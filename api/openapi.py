@@ -93,7 +93,8 @@ def openapi_spec() -> dict[str, Any]:
                 "parameters": [JOB_ID_PARAM],
                 "responses": {
                     "200": {
-                        "description": "Events: token {text}, status {status}, error {code, message}, "
+                        "description": "Events: token {text}, status {status}, reset {status} (worker lost: "
+                        "drop the text so far), error {code, message}, "
                         "done {job}; ': keepalive' comments while idle",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },

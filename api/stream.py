@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import redis
 
-from shared.jobstore import EVENT_DONE, EVENT_STATUS, EVENT_TOKEN, JobStore
+from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, Status
 
 KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
@@ -30,6 +30,8 @@ def job_events(store: JobStore, job_id: str) -> Iterator[str]:
                     yield sse("token", {"text": event.get("data", "")})
                 elif kind == EVENT_STATUS:
                     yield sse("status", {"status": event.get("data")})
+                elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
+                    yield sse("reset", {"status": event.get("data")})
                 elif kind == EVENT_DONE:
                     yield from _final(store, job_id)
                     return

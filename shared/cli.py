@@ -50,6 +50,8 @@ def _submit(args: argparse.Namespace) -> int:
     for event, data in client.stream(job["id"]):  # print the text as it is generated
         if event == "token":
             print(data["text"], end="", flush=True)
+        elif event == "reset":
+            print("\n[genq: the worker was lost; the job restarts]", file=sys.stderr, flush=True)
         elif event == "done":
             final = data
     print()

@@ -214,6 +214,7 @@ def start_worker(settings: Settings, store: JobStore, tmp_path: Path) -> Iterato
 
     def _start(model: str = "tiny", wait_ready: bool = True, **overrides: object) -> Proc:
         env = settings_env(settings.model_copy(update=overrides))
+        env["OMP_NUM_THREADS"] = "1"  # several workers share this machine's two cores
         proc = Proc(
             [*GENQ, "worker", "--model", model, "--device", "cpu"], env, tmp_path / f"worker-{len(procs)}.log"
         )

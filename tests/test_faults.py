@@ -1,0 +1,215 @@
+"""Fault injection: kill workers and Redis under load; every accepted job must end, exactly once.
+
+Each test counts accepted jobs against finished ones, as Jepsen's queue checker does: none lost,
+and none with two results (a job's event stream holds exactly one done event).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared import keys
+from shared.client import Client, GenqError
+from shared.jobstore import JobStore
+from shared.settings import CRASH_MARKER, Settings
+from tests.conftest import Proc, RedisServer, wait_until
+
+FINISH_TIMEOUT_S = 240  # bound on waiting for a whole scenario's jobs
+
+
+@pytest.fixture
+def redis_server_own(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, since these tests kill it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server_own: RedisServer) -> str:
+    """Point every fixture of this module (settings, store, workers, API) at the test's Redis."""
+    return redis_server_own.url
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Short leases and fault injection on; up to 8 jobs per worker batch."""
+    return settings.model_copy(
+        update={
+            "lease_seconds": 3.0,
+            "heartbeat_interval": 0.5,
+            "worker_ttl": 2.0,
+            "fault_injection": True,
+        }
+    )
+
+
+def submit_all(client: Client, n: int, **params: object) -> list[str]:
+    """Submit n jobs and return their ids (all must be accepted)."""
+    return [client.submit(f"Job {i}: once upon a time", **params)["id"] for i in range(n)]
+
+
+def check_exactly_once(client: Client, store: JobStore, ids: list[str]) -> list[dict]:
+    """Wait for every job to end; assert none lost and none with two results."""
+    deadline = time.monotonic() + FINISH_TIMEOUT_S
+    done = []
+    for job_id in ids:
+        job = client.wait(job_id, max(1.0, deadline - time.monotonic()))
+        assert job["status"] in ("succeeded", "failed", "cancelled"), f"lost: {job}"
+        done.append(job)
+    for job_id in ids:
+        events = store.r.xrange(keys.events(job_id))
+        assert sum(1 for _, e in events if e["type"] == "done") == 1, f"{job_id} ended twice"
+    return done
+
+
+def _running_soon(store: JobStore, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if store.r.zcard(keys.RUNNING) > 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def keep_alive(procs: list[Proc], start: Callable[..., Proc], stop: threading.Event) -> threading.Thread:
+    """Restart workers that died (as a process supervisor would), until stop is set."""
+
+    def loop() -> None:
+        while not stop.wait(0.2):
+            for i, proc in enumerate(procs):
+                if proc.proc.poll() is not None:
+                    procs[i] = start(wait_ready=False)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_kill9_workers_mid_generation_repeatedly(start_worker, client: Client, store: JobStore) -> None:
+    workers = [start_worker(), start_worker()]
+    ids = submit_all(client, 80, max_new_tokens=200, ignore_eos=True, temperature=0)
+    kills = 0
+    for round_ in range(3):
+        if not _running_soon(store, 20):
+            break  # everything already finished
+        victim = workers[round_ % 2]
+        time.sleep(0.3)
+        victim.signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        kills += 1
+        workers[round_ % 2] = start_worker()
+    done = check_exactly_once(client, store, ids)
+    assert all(j["status"] == "succeeded" for j in done), [j["error"] for j in done if j["error"]]
+    assert any(j["attempts"] > 1 for j in done), "no job was ever running on a killed worker"
+    assert all(j["usage"]["completion_tokens"] == 200 for j in done)
+    assert kills >= 2
+
+
+def test_sigterm_busy_worker_loses_nothing(start_worker, client: Client, store: JobStore) -> None:
+    first, _second = start_worker(), start_worker()
+    ids = submit_all(client, 30, max_new_tokens=60, ignore_eos=True, temperature=0)
+    wait_until(lambda: store.r.zcard(keys.RUNNING) >= 2, 30, "jobs to be running")
+    first.signal(signal.SIGTERM)
+    assert first.proc.wait(120) == 0, first.log()[-2000:]
+    done = check_exactly_once(client, store, ids)
+    assert all(j["status"] == "succeeded" for j in done)
+
+
+@pytest.mark.slow
+def test_poison_job_fails_after_attempts_and_others_finish(
+    start_worker, client: Client, store: JobStore, settings: Settings
+) -> None:
+    workers = [start_worker(), start_worker()]
+    stop = threading.Event()
+    supervisor = keep_alive(workers, start_worker, stop)
+    try:
+        poison = client.submit(f"please {CRASH_MARKER} now", max_new_tokens=5)["id"]
+        ids = submit_all(client, 20, max_new_tokens=30, temperature=0)
+        done = check_exactly_once(client, store, [poison, *ids])
+    finally:
+        stop.set()
+        supervisor.join(5)
+    assert done[0]["status"] == "failed" and done[0]["error"]["code"] == "worker_lost"
+    assert done[0]["attempts"] == settings.max_attempts
+    assert all(j["status"] == "succeeded" for j in done[1:]), [j["error"] for j in done[1:]]
+
+
+@pytest.mark.slow
+def test_kill9_redis_with_jobs_queued_and_running(
+    start_worker, client: Client, store: JobStore, redis_server_own: RedisServer
+) -> None:
+    start_worker()
+    ids = submit_all(client, 30, max_new_tokens=100, ignore_eos=True, temperature=0)
+    wait_until(lambda: store.r.zcard(keys.RUNNING) > 0, 30, "jobs to be running")
+    time.sleep(1.5)  # appendfsync everysec: what was acknowledged a second ago is on disk
+    redis_server_own.proc.send_signal(signal.SIGKILL)
+    redis_server_own.proc.wait(10)
+    time.sleep(1)
+    redis_server_own.start()  # same port, same AOF directory
+    done = check_exactly_once(client, store, ids)
+    assert all(j["status"] == "succeeded" for j in done), [j["error"] for j in done if j["error"]]
+
+
+def test_redis_down_503_then_recovers_without_restarts(
+    start_worker, client: Client, store: JobStore, redis_server_own: RedisServer
+) -> None:
+    worker = start_worker()
+    assert client.wait(client.submit("before", max_new_tokens=3)["id"], 30)["status"] == "succeeded"
+    redis_server_own.stop()
+    with pytest.raises(GenqError) as down:
+        client.submit("while down", max_new_tokens=3)
+    assert down.value.status == 503 and down.value.code == "service_unavailable"
+    with pytest.raises(GenqError) as not_ready:
+        client._call("GET", "/readyz")
+    assert not_ready.value.status == 503
+    redis_server_own.start()
+    # Neither the API nor the worker was restarted: both reconnect by themselves.
+    wait_until(lambda: _submits(client), 60, "the API to accept jobs again", 0.5)
+    job = client.submit("after", max_new_tokens=3)
+    assert client.wait(job["id"], 60)["status"] == "succeeded"
+    assert worker.proc.poll() is None
+
+
+def _submits(client: Client) -> bool:
+    try:
+        return client._call("GET", "/readyz")["status"] == "ok"
+    except GenqError:
+        return False
+
+
+@pytest.mark.slow
+def test_thousand_concurrent_submissions_all_finish_once(
+    start_worker, client: Client, store: JobStore
+) -> None:
+    start_worker(), start_worker()
+    ids: list[str] = []
+    errors: list[Exception] = []
+    lock = threading.Lock()
+
+    def submitter(k: int) -> None:
+        for i in range(50):
+            try:
+                job = client.submit(f"client {k} job {i}", max_new_tokens=3, temperature=0)
+            except Exception as exc:  # counted: any refusal fails the test below
+                errors.append(exc)
+                continue
+            with lock:
+                ids.append(job["id"])
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and len(ids) == 1000 and len(set(ids)) == 1000
+    done = check_exactly_once(client, store, ids)
+    assert all(j["status"] == "succeeded" for j in done)
