@@ -12,7 +12,6 @@ from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
-from tests.conftest import wait_until
 from worker.reconciler import Reconciler
 
 
