@@ -6,7 +6,9 @@ import logging
 
 from flask import Flask
 
+from api.auth import install_auth
 from api.errors import register_error_handlers
+from api.openai_compat import openai_bp
 from api.routes import bp
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore, connect
@@ -26,5 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": make_celery(settings),
     }
     register_error_handlers(app)
+    install_auth(app, settings)  # before the blueprints: every /v1 route is behind it
     app.register_blueprint(bp)
+    app.register_blueprint(openai_bp)
     return app

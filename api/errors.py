@@ -22,6 +22,7 @@ _HTTP_CODES = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.BODY_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    429: ErrorCode.RATE_LIMITED,
 }
 
 
@@ -76,9 +77,14 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
         message = exc.description or exc.name
+        headers = {}
         if status == 413:
             message = f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
-        return error_response(status, code, message)
+        if status == 429:  # Flask-Limiter's RateLimitExceeded carries the limit that tripped
+            limit = getattr(getattr(exc, "limit", None), "limit", None)
+            headers["Retry-After"] = str(limit.get_expiry() if limit else 60)
+            message = f"rate limit of {limit} exceeded; retry later" if limit else "rate limit exceeded"
+        return error_response(status, code, message, headers=headers)
 
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(OperationalError)

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from shared.schemas import ErrorResponse, Health, JobCreate, JobPublic, ModelList
+from api.openai_openapi import OPENAPI_MODELS, openapi_paths
+from shared.schemas import ErrorResponse, Health, JobCreate, JobList, JobPublic, ModelList
 
 REF = "#/components/schemas/{model}"
 
@@ -29,10 +30,12 @@ def _reply(description: str, schema: str, headers: dict[str, Any] | None = None)
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed JSON",
+        401: "Missing or invalid API key (when keys are configured)",
         404: "Unknown or expired job",
-        409: "Job already ended",
+        409: "Conflict: the job already ended, or the Idempotency-Key was used with another body",
         413: "Body too large",
         422: "Invalid request (each bad field named)",
+        429: "Rate limit, or a model's or tenant's queued-jobs cap, reached (see Retry-After)",
         503: "Redis unavailable",
     }
     return {str(s): _reply(text[s], "ErrorResponse") for s in statuses}
@@ -51,6 +54,8 @@ def openapi_spec() -> dict[str, Any]:
             (ModelList, "serialization"),
             (ErrorResponse, "serialization"),
             (Health, "serialization"),
+            (JobList, "serialization"),
+            *OPENAPI_MODELS,
         ],
         ref_template=REF,
     )
@@ -74,16 +79,37 @@ def openapi_spec() -> dict[str, Any]:
                     "202": _reply(
                         "Job stored and queued", "JobPublic", {"Location": {"schema": {"type": "string"}}}
                     ),
-                    **_errors(400, 413, 422, 503),
+                    **_errors(400, 401, 409, 413, 422, 429, 503),
                 },
-            }
+            },
+            "get": {
+                "summary": "List the caller's recent jobs, newest first",
+                "operationId": "listJobs",
+                "parameters": [
+                    {"name": "status", "in": "query", "required": False, "schema": _ref("Status")},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "number"},
+                        "description": "next_cursor of the previous page",
+                    },
+                ],
+                "responses": {"200": _reply("The caller's jobs", "JobList"), **_errors(401, 422, 429, 503)},
+            },
         },
         "/v1/jobs/{job_id}": {
             "get": {
                 "summary": "Get a job, optionally long-polling until it ends",
                 "operationId": "getJob",
                 "parameters": [JOB_ID_PARAM, wait],
-                "responses": {"200": _reply("The job", "JobPublic"), **_errors(404, 422, 503)},
+                "responses": {"200": _reply("The job", "JobPublic"), **_errors(401, 404, 422, 429, 503)},
             }
         },
         "/v1/jobs/{job_id}/stream": {
@@ -98,7 +124,7 @@ def openapi_spec() -> dict[str, Any]:
                         "done {job}; ': keepalive' comments while idle",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
-                    **_errors(404),
+                    **_errors(401, 404, 429),
                 },
             }
         },
@@ -110,7 +136,7 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {
                     "200": _reply("Cancelled", "JobPublic"),
                     "202": _reply("Running; its worker was asked to stop", "JobPublic"),
-                    **_errors(404, 409, 503),
+                    **_errors(401, 404, 409, 429, 503),
                 },
             }
         },
@@ -118,7 +144,7 @@ def openapi_spec() -> dict[str, Any]:
             "get": {
                 "summary": "List models with their ready workers",
                 "operationId": "listModels",
-                "responses": {"200": _reply("The catalog", "ModelList"), **_errors(503)},
+                "responses": {"200": _reply("The catalog", "ModelList"), **_errors(401, 429, 503)},
             }
         },
         "/healthz": {
@@ -136,6 +162,7 @@ def openapi_spec() -> dict[str, Any]:
             }
         },
     }
+    paths |= openapi_paths(REF)
     return {
         "openapi": "3.1.0",
         "info": {

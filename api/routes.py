@@ -6,24 +6,32 @@ import contextlib
 import hashlib
 import json
 import re
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError, validation_details
 from api.openapi import openapi_spec
 from api.stream import job_events
-from shared.celery_app import enqueue
-from shared.jobstore import JobStore, QueueFull, new_job_id
-from shared.schemas import ErrorCode, ErrorDetail, Health, JobCreate, ModelList, ModelPublic, Status
+from api.submit import check_limits, submit
+from shared.jobstore import JobStore, new_job_id
+from shared.schemas import (
+    ErrorCode,
+    ErrorDetail,
+    Health,
+    JobCreate,
+    JobList,
+    JobListQuery,
+    ModelList,
+    ModelPublic,
+    Status,
+)
 from shared.settings import Settings
 
 bp = Blueprint("genq", __name__)
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
-QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
@@ -59,50 +67,7 @@ def parse_job(settings: Settings) -> JobCreate:
         raise ApiError(
             422, ErrorCode.VALIDATION_ERROR, "request does not match the job schema", validation_details(exc)
         ) from None
-    spec = settings.model(job.model)
-    if spec is None:
-        raise _invalid(
-            ErrorCode.UNKNOWN_MODEL,
-            f"unknown model {job.model!r}; available: {', '.join(settings.model_names)}",
-            "model",
-        )
-    if job.max_new_tokens is not None and job.max_new_tokens > spec.max_new_tokens_cap:
-        raise _invalid(
-            ErrorCode.MAX_NEW_TOKENS_EXCEEDED,
-            f"max_new_tokens is {job.max_new_tokens}, above model {spec.name!r}'s cap of "
-            f"{spec.max_new_tokens_cap}",
-            "max_new_tokens",
-        )
-    chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or [])
-    if chars > settings.max_prompt_chars:
-        raise _invalid(
-            ErrorCode.PROMPT_TOO_LONG,
-            f"prompt is {chars} characters, above the limit of {settings.max_prompt_chars}",
-            "prompt" if job.prompt is not None else "messages",
-        )
-    if job.messages is not None and len(job.messages) > settings.max_messages:
-        raise _invalid(
-            ErrorCode.VALIDATION_ERROR,
-            f"{len(job.messages)} messages, above the limit of {settings.max_messages}",
-            "messages",
-        )
-    if job.metadata is not None:
-        size = len(json.dumps(job.metadata, separators=(",", ":")).encode())
-        if size > settings.max_metadata_bytes:
-            raise _invalid(
-                ErrorCode.VALIDATION_ERROR,
-                f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}",
-                "metadata",
-            )
-    if job.timeout_s is not None and job.timeout_s > settings.max_job_seconds:
-        raise _invalid(
-            ErrorCode.VALIDATION_ERROR,
-            f"timeout_s is {job.timeout_s:g}, above the limit of {settings.max_job_seconds:g}",
-            "timeout_s",
-        )
-    return job.model_copy(
-        update={"model": spec.name, "max_new_tokens": job.max_new_tokens or spec.default_max_new_tokens}
-    )
+    return check_limits(settings, job)
 
 
 @bp.post("/v1/jobs")
@@ -111,35 +76,24 @@ def create_job() -> Response:
     settings, store = _ctx()
     job = parse_job(settings)
     job_id = new_job_id()
-    idem_key = _idempotency_key()
+    tenant = g.tenant
+    idem_key = _idempotency_key(tenant)
     if idem_key is not None:
         fingerprint = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
         earlier = store.remember_idempotency(idem_key, fingerprint, job_id, settings.idempotency_ttl)
         if earlier is not None:
-            return _replay(store, earlier, fingerprint)
-    spec = settings.model(job.model)
-    deadline = time.time() + (job.timeout_s or settings.max_job_seconds)
+            return _replay(store, earlier, fingerprint, tenant)
     try:
-        public = store.create(job_id, spec.name, job, settings.max_queued, deadline)
-        enqueue(current_app.extensions["genq"]["celery"], spec.queue, job_id, job.priority)
-    except QueueFull:
-        _forget(store, idem_key)
-        raise ApiError(
-            429,
-            ErrorCode.QUEUE_FULL,
-            f"model {spec.name!r} already has {settings.max_queued} queued jobs; retry later",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
-        ) from None
+        public = submit(settings, store, current_app.extensions["genq"]["celery"], job, tenant, job_id)
     except Exception:
-        # Never answer for a job no worker will see (nor leave its record or key behind).
         with contextlib.suppress(Exception):
-            store.delete(job_id)
-            _forget(store, idem_key)
+            _forget(store, idem_key)  # a refused request leaves its key free for a retry
         raise
     return _json(public, 202, {"Location": url_for("genq.get_job", job_id=job_id)})
 
 
-def _idempotency_key() -> str | None:
+def _idempotency_key(tenant: str) -> str | None:
+    """Return the request's Idempotency-Key, scoped to its tenant (keys of two tenants never meet)."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
         raise _invalid(
@@ -147,7 +101,7 @@ def _idempotency_key() -> str | None:
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
             "Idempotency-Key",
         )
-    return key
+    return None if key is None else f"{tenant}\n{key}"
 
 
 def _forget(store: JobStore, idem_key: str | None) -> None:
@@ -155,13 +109,13 @@ def _forget(store: JobStore, idem_key: str | None) -> None:
         store.forget_idempotency(idem_key)
 
 
-def _replay(store: JobStore, earlier: dict[str, str], fingerprint: str) -> Response:
+def _replay(store: JobStore, earlier: dict[str, str], fingerprint: str, tenant: str) -> Response:
     """Answer a repeated Idempotency-Key: the same job for the same body, 409 for another body."""
     if earlier["fingerprint"] != fingerprint:
         raise ApiError(
             409, ErrorCode.IDEMPOTENCY_CONFLICT, "this Idempotency-Key was used with a different request body"
         )
-    job = store.get(earlier["job_id"])
+    job = store.get(earlier["job_id"], tenant)
     if job is None:
         raise ApiError(
             409,
@@ -173,10 +127,26 @@ def _replay(store: JobStore, earlier: dict[str, str], fingerprint: str) -> Respo
 
 
 def _job_or_404(store: JobStore, job_id: str, wait: float = 0) -> Any:
-    job = store.wait(job_id, wait) if JOB_ID.match(job_id) else None
+    """Return the caller's job; another tenant's job is a 404, exactly like an unknown id."""
+    job = store.wait(job_id, wait, g.tenant) if JOB_ID.match(job_id) else None
     if job is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id!r} (unknown or expired)")
     return job
+
+
+@bp.get("/v1/jobs")
+def list_jobs() -> Response:
+    """List the caller's recent jobs, newest first: ?status=, ?limit= (1-100), ?cursor= from next_cursor."""
+    _, store = _ctx()
+    try:
+        query = JobListQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(
+            422, ErrorCode.VALIDATION_ERROR, "invalid query parameters", validation_details(exc)
+        ) from None
+    jobs = store.list_jobs(g.tenant, query.status, query.limit, query.cursor)
+    cursor = jobs[-1].created_at if len(jobs) == query.limit else None
+    return _json(JobList(data=jobs, next_cursor=cursor))
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -211,7 +181,7 @@ def stream_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel a job: a queued one never runs; a running one stops within one decode step."""
     _, store = _ctx()
-    seen = store.cancel(job_id) if JOB_ID.match(job_id) else None
+    seen = store.cancel(job_id) if JOB_ID.match(job_id) and store.owns(job_id, g.tenant) else None
     if seen is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id!r} (unknown or expired)")
     if seen in (Status.SUCCEEDED.value, Status.FAILED.value):
@@ -228,6 +198,7 @@ def list_models() -> Response:
     workers = store.workers()
     data = [
         ModelPublic(
+            id=m.name,
             name=m.name,
             context_length=m.context_length,
             max_new_tokens_cap=m.max_new_tokens_cap,

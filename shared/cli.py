@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from shared.client import DEFAULT_URL, Client, GenqError
@@ -23,7 +24,7 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    client = Client(args.url)
+    client = Client(args.url, api_key=args.api_key)
     params = {
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
@@ -127,13 +128,42 @@ def _up(args: argparse.Namespace) -> int:
     return run_stack(device=args.device)
 
 
+def _keys_create(args: argparse.Namespace) -> int:
+    import re
+
+    from api.auth import add_key
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.tenant):
+        print("genq: a tenant name is 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+        return 2
+    path = Path(args.file or os.environ.get("GENQ_API_KEYS_FILE") or ".genq/api-keys")
+    key = add_key(path, args.tenant)
+    print(key)
+    print(
+        f"genq: key for tenant {args.tenant!r} created; only its hash is stored in {path}. "
+        f"Shown once: keep it now. The API reads the file when GENQ_API_KEYS_FILE={path} is set.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every genq subcommand."""
     parser = argparse.ArgumentParser(prog="genq", description=__doc__)
     parser.add_argument(
         "--url", default=os.environ.get("GENQ_URL", DEFAULT_URL), help="API base URL (env GENQ_URL)"
     )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("GENQ_API_KEY"), help="API key (env GENQ_API_KEY)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keys", help="manage API keys")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    k = keys_sub.add_parser("create", help="create a key for a tenant; prints it once, stores only its hash")
+    k.add_argument("--tenant", required=True)
+    k.add_argument("--file", help="keys file (default: GENQ_API_KEYS_FILE, else .genq/api-keys)")
+    k.set_defaults(func=_keys_create)
 
     p = sub.add_parser("submit", help="submit a generation job")
     p.add_argument("prompt")
@@ -154,14 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get", help="show a job")
     p.add_argument("job_id")
     p.add_argument("--wait", type=float, default=0, help="seconds to wait for it to end")
-    p.set_defaults(func=lambda a: _print_job(Client(a.url).get(a.job_id, a.wait), True) or 0)
+    p.set_defaults(
+        func=lambda a: _print_job(Client(a.url, api_key=a.api_key).get(a.job_id, a.wait), True) or 0
+    )
 
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job_id")
-    p.set_defaults(func=lambda a: _print_job(Client(a.url).cancel(a.job_id), True) or 0)
+    p.set_defaults(func=lambda a: _print_job(Client(a.url, api_key=a.api_key).cancel(a.job_id), True) or 0)
 
     p = sub.add_parser("models", help="list models and their ready workers")
-    p.set_defaults(func=lambda a: print(json.dumps(Client(a.url).models(), indent=2)) or 0)
+    p.set_defaults(func=lambda a: print(json.dumps(Client(a.url, api_key=a.api_key).models(), indent=2)) or 0)
 
     p = sub.add_parser("worker", help="run a worker: one model on one device")
     p.add_argument("--model", help="catalog model name (default: the first)")

@@ -34,9 +34,12 @@ def _error(exc: urllib.error.HTTPError) -> GenqError:
 class Client:
     """Submit, get, wait for and cancel genq jobs."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_URL, timeout_s: float = 10.0, api_key: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
@@ -46,7 +49,7 @@ class Client:
             self.base_url + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"} if data else {},
+            headers={**self.headers, **({"Content-Type": "application/json"} if data else {})},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
@@ -80,7 +83,8 @@ class Client:
     def stream(self, job_id: str) -> Iterator[tuple[str, Any]]:
         """Yield (event, data) pairs of a job's server-sent events until its done event."""
         req = urllib.request.Request(
-            f"{self.base_url}/v1/jobs/{job_id}/stream", headers={"Accept": "text/event-stream"}
+            f"{self.base_url}/v1/jobs/{job_id}/stream",
+            headers={**self.headers, "Accept": "text/event-stream"},
         )
         try:
             resp = urllib.request.urlopen(req, timeout=STREAM_IDLE_S)

@@ -22,8 +22,15 @@ _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
 
 
+DEFAULT_TENANT = "default"  # owner of every job while no API keys are configured
+
+
 class QueueFull(Exception):
     """The model already has as many queued jobs as allowed."""
+
+
+class TenantQueueFull(QueueFull):
+    """The tenant already has as many queued jobs as allowed."""
 
 
 def new_job_id() -> str:
@@ -50,9 +57,16 @@ class JobStore:
 
     # --- jobs ---------------------------------------------------------------
     def create(
-        self, job_id: str, model: str, request: JobCreate, max_queued: int = 0, deadline: float | None = None
+        self,
+        job_id: str,
+        model: str,
+        request: JobCreate,
+        max_queued: int = 0,
+        deadline: float | None = None,
+        tenant: str = DEFAULT_TENANT,
+        max_tenant_queued: int = 0,
     ) -> JobPublic:
-        """Store a new queued job (QueueFull past max_queued); the caller enqueues it after this."""
+        """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
         body = request.model_dump(mode="json", exclude={"metadata"})
         body["model"] = model
@@ -60,6 +74,7 @@ class JobStore:
             "status": Status.QUEUED.value,
             "model": model,
             "created_at": repr(now),
+            "tenant": tenant,
             "request": json.dumps(body),
             "attempts": 0,
             "priority": request.priority.value,
@@ -70,11 +85,13 @@ class JobStore:
             record["metadata"] = json.dumps(request.metadata)
         pairs = [str(x) for kv in record.items() for x in kv]
         done = self._create(
-            keys=[keys.job(job_id), keys.queued(model)],
-            args=[job_id, max_queued, repr(now), self.ttl_s, *pairs],
+            keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
+            args=[job_id, max_queued, repr(now), self.ttl_s, max_tenant_queued, *pairs],
         )
         if done == "full":
             raise QueueFull(model)
+        if done == "tenant_full":
+            raise TenantQueueFull(tenant)
         return JobPublic(
             id=job_id,
             status=Status.QUEUED,
@@ -84,6 +101,30 @@ class JobStore:
             priority=request.priority,
             deadline=deadline,
         )
+
+    def list_jobs(
+        self, tenant: str, status: Status | None = None, limit: int = 20, before: float | None = None
+    ) -> list[JobPublic]:
+        """Return a tenant's jobs, newest first, created strictly before `before` (a cursor)."""
+        found: list[JobPublic] = []
+        upper = f"({before!r}" if before is not None else "+inf"
+        while len(found) < limit:
+            ids = self.r.zrevrangebyscore(keys.tenant_jobs(tenant), upper, "-inf", start=0, num=limit * 2)
+            if not ids:
+                break
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            for job_id, rec in zip(ids, pipe.execute(), strict=True):
+                if not rec:  # its record expired; dropping it keeps the next page moving
+                    self.r.zrem(keys.tenant_jobs(tenant), job_id)
+                    continue
+                upper = f"({rec['created_at']}"
+                if status is None or rec["status"] == status.value:
+                    found.append(to_public(job_id, rec))
+                    if len(found) == limit:
+                        break
+        return found
 
     def remember_idempotency(self, key: str, fingerprint: str, job_id: str, ttl_s: int) -> dict | None:
         """Bind an Idempotency-Key to a new job; return the earlier binding if the key was used."""
@@ -102,10 +143,16 @@ class JobStore:
         """Return a job's record as stored (empty when unknown or expired)."""
         return self.r.hgetall(keys.job(job_id))
 
-    def get(self, job_id: str) -> JobPublic | None:
-        """Return a job as clients see it, or None when unknown or expired."""
+    def get(self, job_id: str, tenant: str | None = None) -> JobPublic | None:
+        """Return a job as clients see it; None when unknown, expired, or another tenant's."""
         rec = self.raw(job_id)
-        return to_public(job_id, rec) if rec else None
+        if not rec or (tenant is not None and rec.get("tenant", DEFAULT_TENANT) != tenant):
+            return None
+        return to_public(job_id, rec)
+
+    def owns(self, job_id: str, tenant: str) -> bool:
+        """Return True when the job exists and belongs to the tenant."""
+        return self.r.hget(keys.job(job_id), "tenant") == tenant
 
     def delete(self, job_id: str) -> None:
         """Remove a job whose enqueue failed, so that no record claims it exists."""
@@ -204,15 +251,15 @@ class JobStore:
                 if fields.get("type") == EVENT_DONE:
                     return
 
-    def wait(self, job_id: str, timeout_s: float) -> JobPublic | None:
+    def wait(self, job_id: str, timeout_s: float, tenant: str | None = None) -> JobPublic | None:
         """Return the job once it has ended or timeout_s has passed, blocking in Redis, not polling."""
-        job = self.get(job_id)
+        job = self.get(job_id, tenant)
         if job is None or job.status.is_terminal or timeout_s <= 0:
             return job
         for event in self.events(job_id, timeout_s=timeout_s):
             if event.get("type") == EVENT_DONE:
                 break
-        return self.get(job_id)
+        return self.get(job_id, tenant)
 
     # --- workers ------------------------------------------------------------
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:

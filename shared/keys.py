@@ -37,3 +37,13 @@ def idempotency(key_hash: str) -> str:
 def queue(model: str) -> str:
     """Return the Celery queue (and Redis list) that carries a model's jobs."""
     return f"{PREFIX}.{model}"
+
+
+def tenant_queued(tenant: str) -> str:
+    """Return the zset of a tenant's queued job ids (its queued-jobs cap counts these)."""
+    return f"{PREFIX}:tqueued:{tenant}"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """Return the zset of a tenant's jobs, scored by creation time (GET /v1/jobs)."""
+    return f"{PREFIX}:tjobs:{tenant}"

@@ -81,6 +81,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_CANCELLABLE = "not_cancellable"
     QUEUE_FULL = "queue_full"
+    TENANT_QUEUE_FULL = "tenant_queue_full"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     EXPIRED = "expired"  # the deadline passed while the job was queued; it never ran
     TIMEOUT = "timeout"  # the deadline passed while it ran; partial text kept
@@ -225,11 +228,32 @@ class JobPublic(BaseModel):
     deadline: float | None = None  # Unix seconds; queued past it → expired, running past it → timeout
 
 
-class ModelPublic(BaseModel):
-    """A catalog model and how many ready workers serve it."""
+class JobListQuery(BaseModel):
+    """Query parameters of GET /v1/jobs."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    cursor: float | None = None  # next_cursor of the previous page
+
+
+class JobList(BaseModel):
+    """GET /v1/jobs: the caller's jobs, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    next_cursor: float | None = None  # pass as ?cursor= for the next page; null on the last one
+
+
+class ModelPublic(BaseModel):
+    """A catalog model and how many ready workers serve it (also OpenAI's model shape)."""
+
+    id: str  # OpenAI clients read the name here; always equal to name
     name: str
     object: Literal["model"] = "model"
+    created: int = 0  # Unix seconds, as OpenAI clients expect; genq's catalog has no dates
+    owned_by: str = "genq"
     context_length: int
     max_new_tokens_cap: int
     ready_workers: int

@@ -1,21 +1,38 @@
 """Lua scripts that make each job-state transition atomic in Redis (compare-and-set)."""
 
-# KEYS: job, queued zset. ARGV: job id, max queued (0 = no limit), now, ttl, field/value pairs...
+# KEYS: job, model's queued zset, tenant's queued zset, tenant's job list (zset).
+# ARGV: job id, max queued per model, now, ttl, max queued per tenant (0 = no limit), field/value pairs...
 CREATE = """
 if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 'full' end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return 'tenant_full' end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 'ok'
+"""
+
+# Leaving the queued state: drop the job from its model's and its tenant's queued sets.
+_UNQUEUE = """
+local function unqueue(job, id)
+  local m, t = unpack(redis.call('HMGET', job, 'model', 'tenant'))
+  redis.call('ZREM', 'genq:queued:' .. m, id)
+  redis.call('ZREM', 'genq:tqueued:' .. (t or 'default'), id)
+end
 """
 
 # queued → running, only from queued: a cancelled or finished job never starts; a job past its
 # deadline fails as expired instead. KEYS: job, events, running zset.
 # ARGV: job id, now, worker, device, lease expiry, expired-error JSON.
-CLAIM = """
+CLAIM = (
+    _UNQUEUE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'queued' then return st or false end
-redis.call('ZREM', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[1])
+unqueue(KEYS[1], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if deadline and tonumber(ARGV[2]) > tonumber(deadline) then
@@ -31,11 +48,14 @@ redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
 redis.call('EXPIRE', KEYS[2], ttl)
 return 'claimed'
 """
+)
 
 # Any non-terminal state → a terminal one, written once, then the done event. A worker may
 # finish only a job it still holds (not one requeued after its lease lapsed and run elsewhere).
 # KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any), terminal statuses...
-FINISH = """
+FINISH = (
+    _UNQUEUE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
 for i = 4, #ARGV do if st == ARGV[i] then return st end end
@@ -45,20 +65,23 @@ end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[1])
+unqueue(KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', fields['status'])
 redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
 return 'ok'
 """
+)
 
 # A queued job is cancelled at once; a running one is flagged for its worker to stop.
 # KEYS: job, events. ARGV: job id, now.
-CANCEL = """
+CANCEL = (
+    _UNQUEUE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
-  redis.call('ZREM', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[1])
+  unqueue(KEYS[1], ARGV[1])
   redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'cancelled')
   redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
   return 'cancelled'
@@ -66,6 +89,7 @@ end
 if st == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
 return st
 """
+)
 
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
@@ -91,7 +115,9 @@ if final then
   return final
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
-redis.call('ZADD', 'genq:queued:' .. redis.call('HGET', KEYS[1], 'model'), ARGV[2], ARGV[1])
+local m, t = unpack(redis.call('HMGET', KEYS[1], 'model', 'tenant'))
+redis.call('ZADD', 'genq:queued:' .. m, ARGV[2], ARGV[1])
+redis.call('ZADD', 'genq:tqueued:' .. (t or 'default'), ARGV[2], ARGV[1])
 -- Streams restart: clients drop the text of the lost attempt on a reset event.
 redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
 redis.call('EXPIRE', KEYS[2], ttl)

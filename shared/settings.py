@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     max_queued: Annotated[int, Field(ge=0)] = 1000  # queued jobs per model before 429; 0 = no limit
     max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
     idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered
+    api_keys: str = ""  # comma-separated 'tenant:<sha256 hex of key>'; empty (and no file) = open API
+    api_keys_file: Path | None = None  # lines 'tenant <sha256 hex>', as `genq keys create` writes them
+    rate_limit: str = "600/minute"  # per tenant, across all API processes (Flask-Limiter syntax); "" = off
+    max_queued_per_tenant: Annotated[int, Field(ge=0)] = (
+        500  # a tenant's queued jobs before 429; 0 = no limit
+    )
+    log_text: bool = False  # log prompts and outputs (off: logs carry ids, counts and timings only)
     # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker (fault-injection tests).
     fault_injection: bool = False
     log_level: str = "INFO"

@@ -151,6 +151,9 @@ def settings(redis_url: str, tiny_spec: ModelSpec, cache_dir: Path) -> Settings:
         heartbeat_interval=0.5,
         worker_ttl=3.0,
         max_batch=8,
+        # Load tests send thousands of requests a minute; the limit tests set their own.
+        rate_limit="100000/minute",
+        max_queued_per_tenant=0,
     )
 
 

@@ -618,7 +618,6 @@ def test_unknown_route_is_a_json_404(api: Api, path: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("get", "/v1/jobs"),
         ("delete", f"/v1/jobs/{UNKNOWN_ID}"),
         ("get", "/v1/jobs/x/cancel"),
         ("post", "/v1/models"),

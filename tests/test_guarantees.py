@@ -28,8 +28,8 @@ def _messages(store: JobStore, queue: str = "genq.tiny") -> int:
 # --- backpressure -------------------------------------------------------------
 def test_queue_full_answers_429_and_stores_nothing(app, http, store: JobStore, settings: Settings) -> None:
     app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 3})
-    for _ in range(3):
-        assert http.post("/v1/jobs", json={"prompt": "x"}).status_code == 202
+    accepted = [http.post("/v1/jobs", json={"prompt": "x"}) for _ in range(3)]
+    assert [r.status_code for r in accepted] == [202] * 3
     full = http.post("/v1/jobs", json={"prompt": "x"})
     assert full.status_code == 429
     assert full.json["error"]["code"] == "queue_full" and full.headers["Retry-After"]
@@ -37,8 +37,7 @@ def test_queue_full_answers_429_and_stores_nothing(app, http, store: JobStore, s
     # The limit is per model: the other model still takes jobs.
     assert http.post("/v1/jobs", json={"prompt": "x", "model": "smollm2-135m-instruct"}).status_code == 202
     # A cancelled job frees its place.
-    job_id = store.r.keys("genq:job:*")[0].split(":")[2]
-    assert http.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert http.post(f"/v1/jobs/{accepted[0].json['id']}/cancel").status_code == 200
     assert http.post("/v1/jobs", json={"prompt": "x"}).status_code == 202
 
 

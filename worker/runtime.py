@@ -222,3 +222,15 @@ class Runtime:
             },
             seed=str(seed) if job.sampling else None,
         )
+        # Ids, counts and timings only: prompts and outputs stay out of logs unless GENQ_LOG_TEXT=1.
+        log.info(
+            "job %s %s: %d prompt + %d completion tokens, %s, %.0f ms",
+            job_id,
+            status.value,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.finish_reason.value,
+            (finished - created_at) * 1000,
+        )
+        if self.settings.log_text:
+            log.info("job %s text: prompt=%r output=%r", job_id, job.prompt or messages, result.text)

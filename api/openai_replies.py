@@ -1,0 +1,286 @@
+"""Shape genq jobs as OpenAI answers: completion bodies, streamed chunks, and errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+from flask import Response, jsonify
+from pydantic import BaseModel
+
+from api.openai_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionUsage,
+    OpenAIError,
+    OpenAIErrorResponse,
+)
+from shared import keys
+from shared.jobstore import BLOCK_SLICE_MS, EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
+from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
+
+KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
+DONE = "data: [DONE]\n\n"  # OpenAI's end of stream
+
+# OpenAI knows only stop and length: a cancelled job stopped early, a timed-out one was cut by a limit.
+FINISH = {
+    FinishReason.EOS: "stop",
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.CANCELLED: "stop",
+    FinishReason.TIMEOUT: "length",
+}
+REQUEST_ERRORS = {ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.NO_CHAT_TEMPLATE}  # the request's fault: 400
+
+
+class OpenAIHTTPError(Exception):
+    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+        self.error = OpenAIError(message=message, type=type_, param=param, code=code)
+
+    def response(self) -> Response:
+        """Return the JSON error response."""
+        resp = jsonify(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
+        resp.status_code = self.status
+        resp.headers.update(self.headers)
+        return resp
+
+    def chunk(self) -> str:
+        """Return the error as one server-sent event (openai clients raise APIError on it)."""
+        return _sse(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
+
+
+class Diverged(Exception):
+    """A lost worker's rerun produced other text than was already streamed."""
+
+
+def failure(job: JobPublic | None, prompt_param: str) -> OpenAIHTTPError | None:
+    """Return the error a finished job means for the request, or None when it has an answer."""
+    if job is None:
+        return OpenAIHTTPError(500, "the job's record expired before it was read", "server_error")
+    if job.status is not Status.FAILED:
+        return None
+    code = job.error.code if job.error else ErrorCode.INTERNAL
+    message = job.error.message if job.error else "the job failed"
+    if code == ErrorCode.TIMEOUT and job.output is not None:
+        return None  # the deadline cut it short; its text is the answer, finish_reason length
+    if code in REQUEST_ERRORS:
+        return OpenAIHTTPError(400, message, "invalid_request_error", prompt_param, str(code))
+    if code == ErrorCode.EXPIRED:
+        return OpenAIHTTPError(503, message, "server_error", None, str(code))
+    return OpenAIHTTPError(500, message, "server_error", None, str(code))
+
+
+def usage(jobs: list[JobPublic]) -> CompletionUsage:
+    """Count the prompt once (all choices share it) and the completions of every choice."""
+    prompt = max((j.usage.prompt_tokens for j in jobs if j.usage), default=0)
+    completion = sum(j.usage.completion_tokens for j in jobs if j.usage)
+    return CompletionUsage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def _finish(job: JobPublic) -> str:
+    return FINISH[job.output.finish_reason] if job.output else "stop"
+
+
+def _sse(body: dict) -> str:
+    return f"data: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What every body and chunk of one request shares."""
+
+    chat: bool
+    id: str
+    created: int
+    model: str
+    include_usage: bool = False
+
+    @property
+    def prompt_param(self) -> str:
+        """Return the request field that holds the input."""
+        return "messages" if self.chat else "prompt"
+
+    def complete(self, jobs: list[JobPublic]) -> ChatCompletion | Completion:
+        """Return the whole answer for finished jobs, choice i from job i."""
+        head = {"id": self.id, "created": self.created, "model": self.model, "usage": usage(jobs)}
+        if self.chat:
+            choices = [
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=j.output.text if j.output else ""),
+                    finish_reason=_finish(j),
+                )
+                for i, j in enumerate(jobs)
+            ]
+            return ChatCompletion(**head, choices=choices)
+        texts = [
+            CompletionChoice(index=i, text=j.output.text if j.output else "", finish_reason=_finish(j))
+            for i, j in enumerate(jobs)
+        ]
+        return Completion(**head, choices=texts)
+
+    def chunk(self, index: int, text: str | None = None, finish: str | None = None) -> str:
+        """Return one chunk: the role (chat, text None), new text, or a choice's finish_reason."""
+        head = {"id": self.id, "created": self.created, "model": self.model}
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if text is None and finish is None else {}
+            if text is not None:
+                delta["content"] = text
+            choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish)
+            body: BaseModel = ChatCompletionChunk(**head, choices=[choice])
+        else:
+            body = CompletionChunk(
+                **head, choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish)]
+            )
+        return self._event(body)
+
+    def usage_chunk(self, jobs: list[JobPublic]) -> str:
+        """Return the last chunk of an include_usage stream: no choices, the request's usage."""
+        cls = ChatCompletionChunk if self.chat else CompletionChunk
+        return self._event(
+            cls(id=self.id, created=self.created, model=self.model, choices=[], usage=usage(jobs))
+        )
+
+    def _event(self, body: BaseModel) -> str:
+        data = body.model_dump(mode="json")
+        if not self.include_usage:
+            data.pop("usage")
+        return _sse(data)
+
+
+class _Sent:
+    """The text already streamed for one choice, so that a rerun after a lost worker repeats nothing."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.redo: str | None = None  # the rerun's text so far, until it passes what was sent
+
+    def reset(self) -> None:
+        """The job runs again from the start."""
+        self.redo = ""
+
+    def feed(self, text: str) -> str:
+        """Take a token event's text; return what is new to the client."""
+        if self.redo is None:
+            self.text += text
+            return text
+        self.redo += text
+        if not (self.redo.startswith(self.text) or self.text.startswith(self.redo)):
+            raise Diverged
+        if len(self.redo) <= len(self.text):
+            return ""
+        return self.final(self.redo)
+
+    def final(self, text: str) -> str:
+        """Take the job's final text; return what of it was not streamed yet."""
+        if not text.startswith(self.text):
+            raise Diverged
+        delta, self.text, self.redo = text[len(self.text) :], text, None
+        return delta
+
+
+def _events(store: JobStore, job_ids: list[str]) -> Iterator[tuple[int, dict] | None]:
+    """Yield (choice index, event) from all the jobs' streams as they come; None when idle a while."""
+    streams = {keys.events(j): i for i, j in enumerate(job_ids)}
+    last = dict.fromkeys(streams, "0-0")
+    idle_since = time.monotonic()
+    while last:
+        reply = store.r.xread(last, count=512, block=BLOCK_SLICE_MS)
+        for key, entries in reply or []:
+            for entry_id, fields in entries:
+                last[key] = entry_id
+                yield streams[key], fields
+                if fields.get("type") == EVENT_DONE:
+                    del last[key]
+                    break
+        if reply:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= KEEPALIVE_S:
+            idle_since = time.monotonic()
+            for key in list(last):  # a stream that expired before its record ends like job_events does
+                job = store.get(job_ids[streams[key]])
+                if job is None or job.status.is_terminal:
+                    del last[key]
+                    yield streams[key], {"type": EVENT_DONE}
+            yield None
+
+
+def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
+    """Yield a request's chunks, choice i from job i, then usage (if asked) and [DONE].
+
+    Whatever ends the stream early (an error, the client going away) cancels the jobs still running.
+    """
+    sent = [_Sent() for _ in job_ids]
+    ended: dict[int, JobPublic] = {}
+    try:
+        if reply.chat:
+            for i in range(len(job_ids)):
+                yield reply.chunk(i)
+        for item in _events(store, job_ids):
+            if item is None:
+                yield ": keepalive\n\n"
+                continue
+            i, event = item
+            kind = event.get("type")
+            if kind == EVENT_TOKEN:
+                delta = sent[i].feed(event.get("data", ""))
+                if delta:
+                    yield reply.chunk(i, delta)
+            elif kind == EVENT_RESET:
+                sent[i].reset()
+            elif kind == EVENT_DONE:
+                job = store.get(job_ids[i])
+                error = failure(job, reply.prompt_param)
+                if error is not None:
+                    yield error.chunk()
+                    yield DONE
+                    return
+                ended[i] = job
+                delta = sent[i].final(job.output.text if job.output else "")
+                if delta:
+                    yield reply.chunk(i, delta)
+                yield reply.chunk(i, finish=_finish(job))
+        if reply.include_usage:
+            yield reply.usage_chunk(list(ended.values()))
+        yield DONE
+    except Diverged:
+        message = "the job's worker was lost and its rerun produced different text; retry the request"
+        yield OpenAIHTTPError(500, message, "server_error", None, ErrorCode.WORKER_LOST.value).chunk()
+        yield DONE
+    except redis.RedisError as exc:
+        message = f"the job store (Redis) is unavailable: {exc}"
+        yield OpenAIHTTPError(503, message, "server_error", None, ErrorCode.SERVICE_UNAVAILABLE.value).chunk()
+        yield DONE
+    finally:
+        cancel(store, [j for i, j in enumerate(job_ids) if i not in ended])
+
+
+def cancel(store: JobStore, job_ids: list[str]) -> None:
+    """Cancel jobs nobody will read any more (best effort: they may have ended, or Redis be away)."""
+    for job_id in job_ids:
+        with contextlib.suppress(Exception):
+            store.cancel(job_id)

@@ -1,0 +1,234 @@
+"""OpenAI's wire shapes for /v1/chat/completions and /v1/completions, as genq accepts and answers them.
+
+Requests allow unknown fields (OpenAI clients send many); those genq cannot honour without changing
+the answer (logprobs, tools, penalties, ...) are refused by `unsupported()` rather than ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_N = 8  # choices per request; each choice is its own genq job
+MAX_TEMPERATURE = 2.0  # OpenAI's range is 0 to 2 (genq's own API allows up to 5)
+MAX_SEED = 2**63 - 1 - MAX_N  # choice i runs with seed + i, which must fit genq's 63-bit seeds
+MAX_USER_CHARS = 256  # the `user` string, stored in the jobs' metadata
+
+FinishReason = Literal["stop", "length"]
+
+
+# --- requests -----------------------------------------------------------------
+class StreamOptions(BaseModel):
+    """Options that apply only when stream is true."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False  # a last chunk carries usage (choices empty); others carry usage null
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only type "text" is supported."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """One chat message as OpenAI clients send it (content as a string or a list of text parts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str  # system, developer (= system), user or assistant
+    content: str | list[ContentPart] | None = None
+    name: str | None = None  # accepted, not used by chat templates
+
+
+class _CreateRequest(BaseModel):
+    """The fields both endpoints share."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None  # None = the catalog's first model
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
+    temperature: Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE)] | None = None  # None = 1.0; 0 = greedy
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # None = 1.0; 0 = greedy
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None  # None = 1; each choice is one job
+    stop: str | list[str] | None = None  # up to 4; genq's job schema checks their sizes
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None  # choice i uses seed + i
+    user: Annotated[str, Field(max_length=MAX_USER_CHARS)] | None = None  # kept in the jobs' metadata
+    metadata: dict[str, str] | None = None  # kept in the jobs' metadata
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = None  # only 0 (OpenAI's default) is supported
+    presence_penalty: float | None = None  # only 0 is supported
+    logit_bias: dict[str, float] | None = None  # only empty is supported
+    # genq's own knobs, under the names vLLM also accepts (send them with extra_body)
+    top_k: int | None = None  # keep the k likeliest tokens; 0 = all
+    repetition_penalty: float | None = None  # > 1 discourages repeats
+    ignore_eos: bool | None = None  # keep generating to max_tokens
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """Return (param, reason) for the first parameter genq cannot honour, or None."""
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                return name, f"'{name}' other than 0 is not supported"
+        if self.logit_bias:
+            return "logit_bias", "'logit_bias' is not supported"
+        if self.stream_options is not None and not self.stream:
+            return "stream_options", "'stream_options' is only allowed when 'stream' is true"
+        return None
+
+
+class ChatCompletionRequest(_CreateRequest):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # wins over max_tokens
+    logprobs: bool | None = None  # only false is supported
+    top_logprobs: int | None = None  # only 0 is supported
+    tools: list[Any] | None = None  # only empty is supported
+    functions: list[Any] | None = None  # only empty is supported
+    tool_choice: Any = None  # only "none" is supported
+    response_format: dict[str, Any] | None = None  # only {"type": "text"} is supported
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """Return (param, reason) for the first parameter genq cannot honour, or None."""
+        if self.logprobs or self.top_logprobs:
+            return ("logprobs" if self.logprobs else "top_logprobs"), "log probabilities are not supported"
+        for name in ("tools", "functions"):
+            if getattr(self, name):
+                return name, f"'{name}' (tool calling) is not supported"
+        if self.tool_choice not in (None, "none"):
+            return "tool_choice", "'tool_choice' (tool calling) is not supported"
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            return "response_format", "only response_format {'type': 'text'} is supported"
+        return super().unsupported()
+
+
+class CompletionRequest(_CreateRequest):
+    """POST /v1/completions."""
+
+    prompt: str | list[Any]  # a string, or a list of exactly one string
+    logprobs: int | None = None  # only null is supported
+    echo: bool | None = None  # only false is supported
+    suffix: str | None = None  # only null is supported
+    best_of: int | None = None  # only equal to n is supported
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """Return (param, reason) for the first parameter genq cannot honour, or None."""
+        if isinstance(self.prompt, list) and (len(self.prompt) != 1 or not isinstance(self.prompt[0], str)):
+            return "prompt", "'prompt' must be a string or a list of one string (no batches, no token ids)"
+        if self.logprobs is not None:
+            return "logprobs", "log probabilities are not supported"
+        if self.echo:
+            return "echo", "'echo' is not supported"
+        if self.suffix is not None:
+            return "suffix", "'suffix' (insertion) is not supported"
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            return "best_of", "'best_of' other than n is not supported"
+        return super().unsupported()
+
+    @property
+    def text(self) -> str:
+        """Return the one prompt string."""
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+# --- responses ----------------------------------------------------------------
+class CompletionUsage(BaseModel):
+    """Token counts for the whole request: the prompt once, the completions of all choices."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """The generated message of one chat choice."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    """One choice of a chat completion."""
+
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    """The answer to a non-streamed chat request."""
+
+    id: str  # chatcmpl-<hex of the first job's id>
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int  # Unix seconds
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+
+
+class ChatChunkChoice(BaseModel):
+    """One choice's increment in a streamed chat chunk."""
+
+    index: int
+    delta: dict[str, str]  # {"role": "assistant", "content": ""} first, then {"content": ...}, {} last
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat request."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: CompletionUsage | None = None  # present (null but on the last) only with include_usage
+
+
+class CompletionChoice(BaseModel):
+    """One choice of a text completion (or its increment, in a stream)."""
+
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(BaseModel):
+    """The answer to a non-streamed completion request."""
+
+    id: str  # cmpl-<hex of the first job's id>
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+
+
+class CompletionChunk(Completion):
+    """One server-sent event of a streamed completion request (OpenAI keeps object text_completion)."""
+
+    usage: CompletionUsage | None = None  # present (null but on the last) only with include_usage
+
+
+class OpenAIError(BaseModel):
+    """What went wrong, as OpenAI clients parse it."""
+
+    message: str
+    type: str  # invalid_request_error, requests (rate limit), server_error
+    param: str | None = None  # the request field at fault
+    code: str | None = None  # e.g. model_not_found, context_length_exceeded, rate_limit_exceeded
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error of the OpenAI-compatible routes is {"error": {message, type, param, code}}."""
+
+    error: OpenAIError
