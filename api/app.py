@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask_swagger_ui import get_swaggerui_blueprint
 
 from api.auth import install_auth
 from api.errors import register_error_handlers
@@ -31,4 +32,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_auth(app, settings)  # before the blueprints: every /v1 route is behind it
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
+    # An interactive API page from the same /openapi.json; its assets ship in the package (no CDN).
+    app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "genq API"}))
     return app
