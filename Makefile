@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.genq-installed
 
-.PHONY: setup run test test-fast lint format model redis clean
+.PHONY: setup run test test-fast lint format model redis bench clean
 
 setup: $(STAMP) redis
 
@@ -32,6 +32,11 @@ test: setup model
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow"
+
+# Figures for the README: starts its own Redis, API and workers (~5-10 min on 2 cores; run it on a quiet machine).
+bench: setup model
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python -m bench.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

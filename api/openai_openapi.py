@@ -31,6 +31,19 @@ def openapi_paths(ref: str = "#/components/schemas/{model}") -> dict[str, Any]:
     def schema(name: str) -> dict[str, Any]:
         return {"$ref": ref.format(model=name)}
 
+    def event(chunk: str) -> dict[str, Any]:
+        """One SSE event: a JSON chunk or error, or the final [DONE]."""
+        json_data = {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [schema(chunk), schema("OpenAIErrorResponse")]},
+        }
+        return {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"anyOf": [{"const": "[DONE]"}, json_data]}},
+        }
+
     def errors(*statuses: int) -> dict[str, Any]:
         return {
             str(s): {
@@ -65,7 +78,7 @@ def openapi_paths(ref: str = "#/components/schemas/{model}") -> dict[str, Any]:
                         "headers": {"X-Genq-Job-Ids": {"schema": {"type": "string"}}},
                         "content": {
                             "application/json": {"schema": schema(answer)},
-                            "text/event-stream": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": event(chunk)},
                         },
                     },
                     **errors(400, 404, 413, 429, 500, 503),

@@ -8,13 +8,58 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from api.openai_openapi import OPENAPI_MODELS, openapi_paths
-from shared.schemas import ErrorResponse, Health, JobCreate, JobList, JobPublic, ModelList
+from shared.schemas import (
+    BatchCreate,
+    BatchPublic,
+    ErrorResponse,
+    Health,
+    JobCreate,
+    JobList,
+    JobPublic,
+    ModelList,
+)
 
 REF = "#/components/schemas/{model}"
 
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": REF.format(model=name)}
+
+
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    """An event's data line holding JSON that matches schema."""
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {"event": {"const": name}, "data": _json_data(data)},
+    }
+
+
+def _fields(**props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+# Before OpenAPI 3.2's itemSchema, a text/event-stream `schema` describes one event {event, data, id, retry}.
+JOB_EVENT = {
+    "oneOf": [
+        _event("token", _fields(text={"type": "string"})),
+        _event("status", _fields(status=_ref("Status"))),
+        _event("reset", _fields(status=_ref("Status"))),
+        _event("error", _fields(code={"type": "string"}, message={"type": "string"})),
+        _event("done", _ref("JobPublic")),
+    ]
+}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Same key and body within 24 h: the same job; another body: 409",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 
 
 def _reply(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,6 +87,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 JOB_ID_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+BATCH_ID_PARAM = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 @cache
@@ -55,6 +101,8 @@ def openapi_spec() -> dict[str, Any]:
             (ErrorResponse, "serialization"),
             (Health, "serialization"),
             (JobList, "serialization"),
+            (BatchCreate, "validation"),
+            (BatchPublic, "serialization"),
             *OPENAPI_MODELS,
         ],
         ref_template=REF,
@@ -71,6 +119,7 @@ def openapi_spec() -> dict[str, Any]:
             "post": {
                 "summary": "Submit a generation job",
                 "operationId": "createJob",
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("JobCreate")}},
@@ -122,9 +171,9 @@ def openapi_spec() -> dict[str, Any]:
                         "description": "Events: token {text}, status {status}, reset {status} (worker lost: "
                         "drop the text so far), error {code, message}, "
                         "done {job}; ': keepalive' comments while idle",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": JOB_EVENT}},
                     },
-                    **_errors(401, 404, 429),
+                    **_errors(401, 404, 429, 503),
                 },
             }
         },
@@ -136,6 +185,68 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {
                     "200": _reply("Cancelled", "JobPublic"),
                     "202": _reply("Running; its worker was asked to stop", "JobPublic"),
+                    **_errors(401, 404, 409, 429, 503),
+                },
+            }
+        },
+        "/v1/batches": {
+            "post": {
+                "summary": "Submit many jobs at batch priority (JSON, or JSONL: one BatchItem a line)",
+                "operationId": "createBatch",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("BatchCreate")},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"file": {"type": "string", "format": "binary"}},
+                                "required": ["file"],
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "202": _reply(
+                        "Every item valid; the batch is stored and its jobs queued",
+                        "BatchPublic",
+                        {"Location": {"schema": {"type": "string"}}},
+                    ),
+                    **_errors(400, 401, 413, 422, 429, 503),
+                },
+            }
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                "summary": "Get a batch's counts, and its results once every job has ended",
+                "operationId": "getBatch",
+                "parameters": [BATCH_ID_PARAM, wait],
+                "responses": {"200": _reply("The batch", "BatchPublic"), **_errors(401, 404, 422, 429, 503)},
+            }
+        },
+        "/v1/batches/{batch_id}/results": {
+            "get": {
+                "summary": "Download a finished batch's results as JSONL (one BatchResult per line)",
+                "operationId": "getBatchResults",
+                "parameters": [BATCH_ID_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "One BatchResult per line, in submission order",
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 404, 409, 429, 503),
+                },
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "summary": "Cancel every job of a batch that has not ended",
+                "operationId": "cancelBatch",
+                "parameters": [BATCH_ID_PARAM],
+                "responses": {
+                    "200": _reply("Cancelled: every job has ended", "BatchPublic"),
+                    "202": _reply("Running jobs were asked to stop", "BatchPublic"),
                     **_errors(401, 404, 409, 429, 503),
                 },
             }

@@ -15,8 +15,9 @@ from celery import Celery
 from api.errors import ApiError
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
-from shared.schemas import ErrorCode, ErrorDetail, JobCreate, JobPublic
+from shared.schemas import ErrorCode, ErrorDetail, JobCreate, JobPublic, Webhook
 from shared.settings import Settings
+from shared.webhooks import RefusedURL, resolve
 
 QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds (as api/routes.py)
 
@@ -68,9 +69,25 @@ def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
             f"timeout_s is {job.timeout_s:g}, above the limit of {settings.max_job_seconds:g}",
             "timeout_s",
         )
+    if job.webhook is not None:
+        check_webhook(settings, job.webhook)
     return job.model_copy(
         update={"model": spec.name, "max_new_tokens": job.max_new_tokens or spec.default_max_new_tokens}
     )
+
+
+def check_webhook(settings: Settings, webhook: Webhook) -> None:
+    """Refuse a webhook while none can be signed, or whose URL resolves to a non-public address."""
+    if not settings.webhook_secret:
+        raise _invalid(
+            ErrorCode.WEBHOOKS_DISABLED,
+            "webhooks are disabled on this server; its operator enables them by setting GENQ_WEBHOOK_SECRET",
+            "webhook",
+        )
+    try:
+        resolve(webhook.url, settings.webhook_allow_private)
+    except RefusedURL as exc:
+        raise _invalid(ErrorCode.WEBHOOK_URL_REFUSED, str(exc), "webhook.url") from None
 
 
 def submit(

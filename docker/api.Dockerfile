@@ -18,7 +18,12 @@ RUN pip install \
       flask==3.1.3 \
       pydantic==2.14.3 \
       pydantic-settings==2.16.3 \
-      gunicorn==27.0.1
+      gunicorn==27.0.1 \
+      flask-limiter==4.1.1 \
+      limits==5.8.0 \
+      flask-swagger-ui==5.34.0 \
+      prometheus-client==0.26.0 \
+      rich==15.0.0
 
 # --no-deps: the worker-only dependencies (torch, transformers, ...) stay out of this image.
 COPY pyproject.toml README.md ./

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LONG_POLL_S = 30  # seconds each ?wait= request blocks while waiting for a job
 STREAM_IDLE_S = 60  # seconds a stream may stay silent (the server sends keepalives every 15 s)
+BATCH_SUBMIT_S = 300  # seconds a batch upload may take (the API stores and enqueues every job first)
 
 
 class GenqError(Exception):
@@ -104,6 +107,14 @@ class Client:
                         return
                     event, data = "message", []
 
+    def list_jobs(
+        self, status: str | None = None, limit: int | None = None, cursor: float | None = None
+    ) -> dict[str, Any]:
+        """Return one page of the caller's jobs, newest first: {"object": "list", "data", "next_cursor"}."""
+        query = {"status": status, "limit": limit, "cursor": cursor}
+        qs = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        return self._call("GET", "/v1/jobs" + (f"?{qs}" if qs else ""))
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job; return it as the API saw it."""
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
@@ -111,3 +122,62 @@ class Client:
     def models(self) -> dict[str, Any]:
         """Return the model catalog with ready workers per model."""
         return self._call("GET", "/v1/models")
+
+    # --- batches ------------------------------------------------------------
+    def _send(self, method: str, path: str, data: bytes | None, content_type: str, timeout_s: float) -> bytes:
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={**self.headers, "Content-Type": content_type},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as exc:
+            raise _error(exc) from None
+
+    def create_batch(
+        self,
+        requests: list[dict[str, Any]] | None = None,
+        *,
+        jsonl: str | Path | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Submit a batch: job requests that each carry a custom_id, or a JSONL file of them."""
+        if (requests is None) == (jsonl is None):
+            raise ValueError("give exactly one of requests or jsonl")
+        if jsonl is not None:
+            if metadata is not None:
+                raise ValueError("a JSONL upload carries no batch metadata")
+            raw = self._send(
+                "POST", "/v1/batches", Path(jsonl).read_bytes(), "application/x-ndjson", BATCH_SUBMIT_S
+            )
+            return json.loads(raw)
+        body: dict[str, Any] = {"requests": requests}
+        if metadata is not None:
+            body["metadata"] = metadata
+        return self._call("POST", "/v1/batches", body, timeout_s=BATCH_SUBMIT_S)
+
+    def get_batch(self, batch_id: str, wait_s: float = 0) -> dict[str, Any]:
+        """Return a batch (counts; results once done), blocking server-side up to wait_s for it to end."""
+        suffix = f"?wait={wait_s:g}" if wait_s else ""
+        return self._call("GET", f"/v1/batches/{batch_id}{suffix}", timeout_s=self.timeout_s + wait_s)
+
+    def wait_batch(self, batch_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Long-poll until every job of the batch has ended (or timeout_s passes) and return it."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - time.monotonic())
+            batch = self.get_batch(batch_id, wait_s=max(0, left))
+            if batch["status"] != "in_progress" or (deadline is not None and time.monotonic() >= deadline):
+                return batch
+
+    def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
+        """Return a finished batch's results from its JSONL download, in submission order."""
+        raw = self._send("GET", f"/v1/batches/{batch_id}/results", None, "application/json", self.timeout_s)
+        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel every job of a batch that has not ended; return the batch."""
+        return self._call("POST", f"/v1/batches/{batch_id}/cancel")

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from shared import keys, scripts
-from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
+from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status, WebhookEvent
 
 EVENT_TOKEN = "token"  # new text produced
 EVENT_STATUS = "status"  # the job changed state
@@ -68,7 +68,7 @@ class JobStore:
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
-        body = request.model_dump(mode="json", exclude={"metadata"})
+        body = request.model_dump(mode="json", exclude={"metadata", "webhook"})
         body["model"] = model
         record: dict[str, Any] = {
             "status": Status.QUEUED.value,
@@ -83,6 +83,9 @@ class JobStore:
             record["deadline"] = repr(deadline)
         if request.metadata is not None:
             record["metadata"] = json.dumps(request.metadata)
+        if request.webhook is not None:  # the state-change scripts schedule its deliveries
+            record["webhook_url"] = request.webhook.url
+            record["webhook_events"] = ",".join(request.webhook.events)
         pairs = [str(x) for kv in record.items() for x in kv]
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
@@ -316,4 +319,6 @@ def to_public(job_id: str, rec: dict[str, str]) -> JobPublic:
         priority=rec.get("priority", "interactive"),
         attempts=int(rec.get("attempts") or 0),
         deadline=_float(rec.get("deadline")),
+        webhook_deliveries={e: json.loads(rec[f"webhook:{e}"]) for e in WebhookEvent if f"webhook:{e}" in rec}
+        or None,
     )

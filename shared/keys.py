@@ -6,6 +6,7 @@ PREFIX = "genq"
 WORKERS = f"{PREFIX}:workers"  # set of worker ids that have registered
 RUNNING = f"{PREFIX}:running"  # zset: running job id → lease expiry (Unix seconds)
 RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one reconciler at a time across the fleet
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"  # zset: webhook delivery (JSON) → when it is due (Unix seconds)
 UNACKED = "unacked"  # kombu's hash of delivered, not yet acked messages
 
 
@@ -47,3 +48,13 @@ def tenant_queued(tenant: str) -> str:
 def tenant_jobs(tenant: str) -> str:
     """Return the zset of a tenant's jobs, scored by creation time (GET /v1/jobs)."""
     return f"{PREFIX}:tjobs:{tenant}"
+
+
+def batch(batch_id: str) -> str:
+    """Return the key of a batch's record (a hash: tenant, created_at, total, metadata, cancelled)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_items(batch_id: str) -> str:
+    """Return the list of a batch's items in submission order, each JSON [custom_id, job_id]."""
+    return f"{PREFIX}:batch:{batch_id}:items"

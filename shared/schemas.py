@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -85,6 +86,10 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    WEBHOOKS_DISABLED = "webhooks_disabled"  # a job names a webhook but GENQ_WEBHOOK_SECRET is unset
+    WEBHOOK_URL_REFUSED = "webhook_url_refused"  # the URL resolves to a private address, or not at all
+    BATCH_TOO_LARGE = "batch_too_large"  # more items than GENQ_MAX_BATCH_ITEMS, or than a queued cap
+    BATCH_IN_PROGRESS = "batch_in_progress"  # its results are asked for before every job ended
     EXPIRED = "expired"  # the deadline passed while the job was queued; it never ran
     TIMEOUT = "timeout"  # the deadline passed while it ran; partial text kept
     WORKER_LOST = "worker_lost"  # its worker died on every attempt
@@ -137,8 +142,53 @@ class GenerationParams(BaseModel):
         return self.temperature > 0 and self.do_sample is not False
 
 
+class WebhookEvent(StrEnum):
+    """When genq POSTs a job to its webhook."""
+
+    STARTED = "started"  # a worker began running it (again, if its first worker died)
+    COMPLETED = "completed"  # it reached a terminal state: succeeded, failed or cancelled
+
+
+class Webhook(BaseModel):
+    """Where and when to POST the job; the address is checked at submission and at each delivery."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
+    events: Annotated[list[WebhookEvent], Field(min_length=1, json_schema_extra={"uniqueItems": True})] = [
+        WebhookEvent.COMPLETED
+    ]
+
+    @field_validator("url")
+    @classmethod
+    def _url_parts(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("the URL's port is not a number from 0 to 65535") from None
+        if not parts.hostname or any(c.isspace() for c in value):
+            raise ValueError("the URL needs a host and no whitespace")
+        if parts.username is not None:
+            raise ValueError("the URL must not carry credentials (user:password@)")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        if len(set(value)) != len(value):
+            raise ValueError("events must not repeat")
+        return value
+
+
 class JobCreate(GenerationParams):
     """A client's request for one generation job."""
+
+    # The schema says what _one_input enforces, so generated clients and fuzzers send valid jobs.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
+    )
 
     model: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # None = catalog's first
     prompt: str | None = None  # plain text, continued as is
@@ -146,6 +196,7 @@ class JobCreate(GenerationParams):
     metadata: dict[str, Any] | None = None  # echoed back unchanged
     priority: Priority = Priority.INTERACTIVE
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # deadline from submission; capped by settings
+    webhook: Webhook | None = None  # POST the job there on these events, signed (see shared/webhooks.py)
 
     @field_validator("prompt")
     @classmethod
@@ -202,7 +253,16 @@ class Timings(BaseModel):
     generate: float | None = None
     decode: float | None = None
     total: float | None = None  # created → finished
+    time_to_first_token: float | None = None  # created → first token generated (queue wait included)
     tokens_per_second: float | None = None  # completion tokens / generate time
+
+
+class WebhookDelivery(BaseModel):
+    """How one webhook event's delivery went."""
+
+    status: Literal["pending", "delivered", "failed"]  # failed = refused, or every attempt failed
+    attempts: int = 0  # POSTs tried so far
+    last_error: str | None = None  # why the latest attempt failed
 
 
 class JobPublic(BaseModel):
@@ -226,6 +286,7 @@ class JobPublic(BaseModel):
     priority: Priority = Priority.INTERACTIVE
     attempts: int = 0  # times a worker started it (more than 1 after a worker died)
     deadline: float | None = None  # Unix seconds; queued past it → expired, running past it → timeout
+    webhook_deliveries: dict[WebhookEvent, WebhookDelivery] | None = None  # only for jobs with a webhook
 
 
 class JobListQuery(BaseModel):
@@ -293,3 +354,73 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     reason: str | None = None
     ready_workers: int | None = None
+
+
+# --- batches ------------------------------------------------------------------
+MAX_CUSTOM_ID_CHARS = 64  # characters of a batch item's custom_id
+
+
+class BatchStatus(StrEnum):
+    """Where a batch is in its life."""
+
+    IN_PROGRESS = "in_progress"  # some of its jobs have not ended
+    COMPLETED = "completed"  # every job has ended
+    CANCELLED = "cancelled"  # a client cancelled it and every job has ended
+
+
+class BatchItem(JobCreate):
+    """One job of a batch: a job request plus the caller's id for it (unique within the batch)."""
+
+    custom_id: Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS)]
+
+
+class BatchCreate(BaseModel):
+    """POST /v1/batches as JSON: the jobs (each runs at batch priority) and optional metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: Annotated[list[BatchItem], Field(min_length=1)]  # at most GENQ_MAX_BATCH_ITEMS
+    metadata: dict[str, Any] | None = None  # echoed back unchanged
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and _depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+        if value is not None:
+            _utf8(json.dumps(value, ensure_ascii=False))
+        return value
+
+
+class BatchCounts(BaseModel):
+    """How many of a batch's jobs are in each state."""
+
+    total: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class BatchResult(BaseModel):
+    """The outcome of one batch item (also one line of the JSONL download)."""
+
+    custom_id: str
+    job_id: str
+    status: Status
+    output: Output | None = None
+    usage: Usage | None = None
+    error: JobError | None = None
+
+
+class BatchPublic(BaseModel):
+    """A batch as clients see it; results, in submission order, once every job has ended."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    status: BatchStatus
+    created_at: float  # Unix seconds
+    counts: BatchCounts
+    metadata: dict[str, Any] | None = None
+    results: list[BatchResult] | None = None

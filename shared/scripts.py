@@ -22,6 +22,25 @@ local function unqueue(job, id)
   redis.call('ZREM', 'genq:queued:' .. m, id)
   redis.call('ZREM', 'genq:tqueued:' .. (t or 'default'), id)
 end
+-- Every terminal transition counts itself here, once, for /metrics (shared/metrics.py).
+local function count_final(job, status)
+  local m = redis.call('HGET', job, 'model')
+  redis.call('SADD', 'genq:metrics:models', m)
+  redis.call('HINCRBY', 'genq:metrics:jobs:' .. m, status, 1)
+end
+"""
+
+# A job whose webhook wants this event gets a delivery due now, in the same step as the state
+# change, so no event is lost between the two; a worker's sender POSTs it (worker/webhooks.py).
+# The delivery id stays the same across retries (receivers deduplicate on it).
+_NOTIFY = """
+local function notify(job, id, event, now)
+  local url, events, n = unpack(redis.call('HMGET', job, 'webhook_url', 'webhook_events', 'attempts'))
+  if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
+  local d = {id = id .. ':' .. event .. ':' .. (n or '0'), job_id = id, event = event, attempt = 1, url = url}
+  redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
+  redis.call('HSET', job, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
+end
 """
 
 # queued → running, only from queued: a cancelled or finished job never starts; a job past its
@@ -29,6 +48,7 @@ end
 # ARGV: job id, now, worker, device, lease expiry, expired-error JSON.
 CLAIM = (
     _UNQUEUE
+    + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'queued' then return st or false end
@@ -37,8 +57,10 @@ local ttl = redis.call('TTL', KEYS[1])
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if deadline and tonumber(ARGV[2]) > tonumber(deadline) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[6])
+  count_final(KEYS[1], 'failed')
   redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'failed')
   redis.call('EXPIRE', KEYS[2], ttl)
+  notify(KEYS[1], ARGV[1], 'completed', ARGV[2])
   return 'expired'
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'device', ARGV[4])
@@ -46,6 +68,7 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
 redis.call('EXPIRE', KEYS[2], ttl)
+notify(KEYS[1], ARGV[1], 'started', ARGV[2])
 return 'claimed'
 """
 )
@@ -55,6 +78,7 @@ return 'claimed'
 # KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any), terminal statuses...
 FINISH = (
     _UNQUEUE
+    + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
@@ -66,8 +90,10 @@ local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 unqueue(KEYS[1], ARGV[1])
+count_final(KEYS[1], fields['status'])
 redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', fields['status'])
 redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
+notify(KEYS[1], ARGV[1], 'completed', fields['finished_at'])
 return 'ok'
 """
 )
@@ -76,14 +102,17 @@ return 'ok'
 # KEYS: job, events. ARGV: job id, now.
 CANCEL = (
     _UNQUEUE
+    + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
   unqueue(KEYS[1], ARGV[1])
+  count_final(KEYS[1], 'cancelled')
   redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'cancelled')
   redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
+  notify(KEYS[1], ARGV[1], 'completed', ARGV[2])
   return 'cancelled'
 end
 if st == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
@@ -94,7 +123,10 @@ return st
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
 # ARGV: job id, now, max attempts, worker_lost-error JSON.
-REQUEUE = """
+REQUEUE = (
+    _UNQUEUE  # for count_final
+    + _NOTIFY
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
@@ -110,8 +142,10 @@ elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
 end
 if final then
+  count_final(KEYS[1], final)
   redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', final)
   redis.call('EXPIRE', KEYS[2], ttl)
+  notify(KEYS[1], ARGV[1], 'completed', ARGV[2])
   return final
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
@@ -123,3 +157,4 @@ redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
 redis.call('EXPIRE', KEYS[2], ttl)
 return 'requeued'
 """
+)

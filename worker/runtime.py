@@ -17,15 +17,19 @@ import redis
 from celery import Celery
 
 from shared.jobstore import JobStore, connect
+from shared.metrics import record_job
 from shared.schemas import ErrorCode, FinishReason, JobCreate, Status
 from shared.settings import CRASH_MARKER, ModelSpec, Settings
 from worker.engine import Engine, GenerationError, Hooks, Request
 from worker.reconciler import Reconciler
 from worker.sampling import RowParams
+from worker.webhooks import SENDERS as WEBHOOK_SENDERS
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 60  # how long a finished job's result waits for Redis to come back
+GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 
 class StoreHooks(Hooks):
@@ -72,9 +76,12 @@ class Runtime:
 
         t0 = time.perf_counter()
         model, tokenizer = load_model(self.spec, self.device, self.settings.cache_dir)
-        self.engine = Engine(
-            model, tokenizer, self.settings.max_batch, self.spec.context_length, StoreHooks(self.store)
-        )
+        self.engine = Engine(model, tokenizer, self.settings.max_batch, self.spec.context_length)
+        # One tiny generation before announcing readiness: it pages the (lazily mapped) weights in
+        # and warms the kernels, so the first real job does not pay for them. No hooks yet: the
+        # warm-up is no job, and nothing of it goes to Redis.
+        self.engine.generate([Request("warm-up", self.engine.encode(prompt="Hello"), 2, GREEDY, 0)])
+        self.engine.hooks = StoreHooks(self.store)
         log.info("model %s loaded on %s in %.1f s", self.spec.name, self.device, time.perf_counter() - t0)
         self._spawn("genq-engine", self.engine.run, self._stop)
 
@@ -83,6 +90,11 @@ class Runtime:
         self._beat()
         self._spawn("genq-heartbeat", self._heartbeat_loop)
         self._spawn("genq-reconciler", Reconciler(self.store, app, self.settings).run, self._leaving)
+        # Webhook senders stop with the engine, not on leaving: a draining worker still sends the
+        # completions of the jobs it finishes (and a dead one's deliveries fall to the others).
+        sender = WebhookSender(self.store, self.settings)
+        for n in range(WEBHOOK_SENDERS):
+            self._spawn(f"genq-webhooks-{n}", sender.run, self._stop)
 
     def leave(self) -> None:
         """Stop the heartbeat and leave the registry, so that readiness checks stop counting us."""
@@ -129,38 +141,63 @@ class Runtime:
         """Claim a queued job under a lease, generate, and store its one terminal result."""
         claimed = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
         if claimed != "claimed":
-            log.info("job %s not run: %s", job_id, claimed or "unknown or expired record")
+            reason = claimed or "unknown or expired record"
+            log.info(
+                "job %s not run: %s", job_id, reason, extra=self._fields("job not run", job_id, reason=reason)
+            )
             return
         self.inflight.add(job_id)  # the heartbeat renews its lease from now on
         try:
             rec = self.store.raw(job_id)
+            attempt = int(rec.get("attempts") or 1)  # the claim counted this one
+            log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
                 self._generate(job_id, rec)
             except GenerationError as exc:
-                self._finish(job_id, Status.FAILED, error={"code": exc.code.value, "message": str(exc)})
-            except Exception as exc:  # the worker must outlive any one job
-                log.exception("job %s failed", job_id)
-                self._finish(
+                error = {"code": exc.code.value, "message": str(exc)}
+                log.warning(
+                    "job %s failed: %s",
                     job_id,
-                    Status.FAILED,
-                    error={"code": ErrorCode.INTERNAL.value, "message": f"{type(exc).__name__}: {exc}"},
+                    exc.code.value,
+                    extra=self._fields("job failed", job_id, code=exc.code.value),
                 )
+                self._finish(job_id, Status.FAILED, error=error)
+            except Exception as exc:  # the worker must outlive any one job
+                code = ErrorCode.INTERNAL.value
+                log.exception(
+                    "job %s failed: %s", job_id, code, extra=self._fields("job failed", job_id, code=code)
+                )
+                error = {"code": code, "message": f"{type(exc).__name__}: {exc}"}
+                self._finish(job_id, Status.FAILED, error=error)
         finally:
             self.inflight.discard(job_id)
 
-    def _finish(self, job_id: str, status: Status, **fields: Any) -> None:
-        """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile)."""
+    def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
+        """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile);
+        return False when the job had ended or moved on, so the result was not stored."""
         deadline = time.monotonic() + FINISH_RETRY_S
         while True:
             try:
-                if not self.store.finish(job_id, status, holder=self.worker_id, **fields):
+                stored = self.store.finish(job_id, status, holder=self.worker_id, **fields)
+                if not stored:
                     log.warning("job %s: result not stored, the job ended or moved on", job_id)
-                return
+                return stored
             except redis.RedisError as exc:
                 if time.monotonic() > deadline:
                     raise  # the lease lapses and the reconciler runs the job again
                 log.warning("job %s: cannot store the result yet (%s); retrying", job_id, exc)
                 time.sleep(1)
+
+    def _fields(self, event: str, job_id: str, **more: Any) -> dict[str, Any]:
+        """Return the extra fields of a job event's log line (JSON logs show them as keys)."""
+        return {"event": event, "job_id": job_id, "model": self.spec.name, "worker": self.worker_id, **more}
+
+    def _record(self, **figures: Any) -> None:
+        """Add the timings of a job that ran here to the metrics; a Redis error costs the figures only."""
+        try:
+            record_job(self.store.r, self.spec.name, **figures)
+        except redis.RedisError as exc:
+            log.warning("could not record metrics: %s", exc)
 
     def _generate(self, job_id: str, rec: dict[str, str]) -> None:
         assert self.engine is not None
@@ -204,24 +241,40 @@ class Runtime:
                 "code": ErrorCode.TIMEOUT.value,
                 "message": "the job's deadline passed while it ran; output holds the text made so far",
             }
-        self._finish(
+        # The engine times from admission: its first token came (generate - first_token) + decode
+        # seconds before the result did.
+        ttft_s = (
+            None
+            if result.first_token_s is None
+            else finished - result.decode_s - (result.generate_s - result.first_token_s) - created_at
+        )
+        tokens_per_s = result.completion_tokens / result.generate_s if result.generate_s > 0 else None
+        timings = {
+            "queued": round((started - created_at) * 1000, 2),
+            "tokenize": round(tokenize_s * 1000, 2),
+            "generate": round(result.generate_s * 1000, 2),
+            "decode": round(result.decode_s * 1000, 2),
+            "total": round((finished - created_at) * 1000, 2),
+            "time_to_first_token": round(ttft_s * 1000, 2) if ttft_s is not None else None,
+            "tokens_per_second": round(tokens_per_s, 2) if tokens_per_s is not None else None,
+        }
+        stored = self._finish(
             job_id,
             status,
             error=error,
             output={"text": result.text, "finish_reason": result.finish_reason.value},
             usage={"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-            timings={
-                "queued": round((started - created_at) * 1000, 2),
-                "tokenize": round(tokenize_s * 1000, 2),
-                "generate": round(result.generate_s * 1000, 2),
-                "decode": round(result.decode_s * 1000, 2),
-                "total": round((finished - created_at) * 1000, 2),
-                "tokens_per_second": round(result.completion_tokens / result.generate_s, 2)
-                if result.generate_s > 0
-                else None,
-            },
+            timings=timings,
             seed=str(seed) if job.sampling else None,
         )
+        if stored:
+            self._record(
+                queue_wait_s=started - created_at,
+                latency_s=finished - created_at,
+                ttft_s=ttft_s,
+                tokens_per_s=tokens_per_s if result.completion_tokens else None,
+                completion_tokens=result.completion_tokens,
+            )
         # Ids, counts and timings only: prompts and outputs stay out of logs unless GENQ_LOG_TEXT=1.
         log.info(
             "job %s %s: %d prompt + %d completion tokens, %s, %.0f ms",
@@ -231,6 +284,22 @@ class Runtime:
             result.completion_tokens,
             result.finish_reason.value,
             (finished - created_at) * 1000,
+            extra=self._fields(
+                "job finished",
+                job_id,
+                status=status.value,
+                finish_reason=result.finish_reason.value,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                timings=timings,  # ms, as stored on the job
+                stored=stored,  # False: the job had ended or moved on, so this result was dropped
+            ),
         )
         if self.settings.log_text:
-            log.info("job %s text: prompt=%r output=%r", job_id, job.prompt or messages, result.text)
+            log.info(
+                "job %s text: prompt=%r output=%r",
+                job_id,
+                job.prompt or messages,
+                result.text,
+                extra=self._fields("job text", job_id),
+            )

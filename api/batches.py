@@ -1,0 +1,272 @@
+"""Batch routes: many jobs in one request (JSON or a JSONL upload), run at batch priority."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections import Counter
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from api.errors import ApiError, validation_details
+from api.submit import QUEUE_FULL_RETRY_S, check_limits, submit
+from shared import keys
+from shared.batchstore import BatchRecord, BatchStore, new_batch_id
+from shared.jobstore import JobStore, new_job_id
+from shared.schemas import BatchCreate, BatchItem, BatchStatus, ErrorCode, ErrorDetail, JobCreate, Priority
+from shared.settings import Settings
+
+batches_bp = Blueprint("batches", __name__)
+
+BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
+JSONL_TYPES = {
+    "application/x-ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+}
+MAX_ERROR_DETAILS = 50  # invalid items named in one 422; the message gives the total
+
+
+def _ctx() -> tuple[Settings, JobStore, BatchStore]:
+    ext = current_app.extensions["genq"]
+    return ext["settings"], ext["store"], BatchStore(ext["store"])
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify(model.model_dump(mode="json"))
+    resp.status_code = status
+    resp.headers.update(headers or {})
+    return resp
+
+
+def _too_large(message: str) -> ApiError:
+    return ApiError(413, ErrorCode.BATCH_TOO_LARGE, message)
+
+
+def _read_body(settings: Settings) -> tuple[bytes, bool]:
+    """Return the upload and whether it is JSONL (a JSONL body, or a multipart 'file' field)."""
+    request.max_content_length = settings.max_batch_body_bytes  # batches may exceed max_body_bytes
+    try:
+        if request.mimetype == "multipart/form-data":
+            upload = request.files.get("file")
+            if upload is None:
+                raise ApiError(
+                    422,
+                    ErrorCode.VALIDATION_ERROR,
+                    "a multipart batch upload needs a 'file' field holding JSONL",
+                    [ErrorDetail(field="file", message="missing")],
+                )
+            return upload.read(), True
+        return request.get_data(cache=False), request.mimetype in JSONL_TYPES
+    except RequestEntityTooLarge:
+        raise ApiError(
+            413,
+            ErrorCode.BODY_TOO_LARGE,
+            f"batch upload exceeds the limit of {settings.max_batch_body_bytes} bytes",
+        ) from None
+
+
+def _malformed(where: str, exc: Exception) -> ApiError:
+    return ApiError(400, ErrorCode.MALFORMED_JSON, f"{where} is not valid JSON: {exc}")
+
+
+def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], dict[str, Any] | None]:
+    """Return the labelled items ('requests.3' or 'line 4') and the batch metadata, schema-checked."""
+    raw, jsonl = _read_body(settings)
+    limit = settings.max_batch_items
+    if jsonl:
+        lines = [(n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+        if len(lines) > limit:
+            raise _too_large(f"batch has {len(lines)} requests, above the limit of {limit}")
+        items, details = [], []
+        for n, line in lines:
+            try:
+                items.append((f"line {n}", BatchItem.model_validate(json.loads(line))))
+            except (ValueError, RecursionError) as exc:
+                if not isinstance(exc, ValidationError):
+                    raise _malformed(f"line {n}", exc) from None
+                details += [
+                    ErrorDetail(field=f"line {n}.{d.field}", message=d.message)
+                    for d in validation_details(exc)
+                ]
+        if details:
+            raise _rejected(details)
+        if not items:
+            raise ApiError(422, ErrorCode.VALIDATION_ERROR, "the upload holds no requests")
+        return items, None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _malformed("request body", exc) from None
+    if isinstance(data, dict) and isinstance(data.get("requests"), list) and len(data["requests"]) > limit:
+        raise _too_large(f"batch has {len(data['requests'])} requests, above the limit of {limit}")
+    try:
+        batch = BatchCreate.model_validate(data)
+    except ValidationError as exc:
+        raise _rejected(validation_details(exc)) from None
+    return [(f"requests.{i}", item) for i, item in enumerate(batch.requests)], batch.metadata
+
+
+def _rejected(details: list[ErrorDetail]) -> ApiError:
+    first = details[0].field
+    return ApiError(
+        422,
+        ErrorCode.VALIDATION_ERROR,
+        f"{len(details)} problem(s) in the batch, the first at {first}; nothing was stored",
+        details[:MAX_ERROR_DETAILS],
+    )
+
+
+def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], dict[str, Any] | None]:
+    """Validate every item (schema, catalog limits, unique custom_id) before anything is stored."""
+    items, metadata = _parse(settings)
+    details: list[ErrorDetail] = []
+    if metadata is not None:
+        size = len(json.dumps(metadata, separators=(",", ":")).encode())
+        if size > settings.max_metadata_bytes:
+            message = f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}"
+            details.append(ErrorDetail(field="metadata", message=message))
+    seen: dict[str, str] = {}
+    jobs: list[tuple[str, JobCreate]] = []
+    for label, item in items:
+        if item.custom_id in seen:
+            message = f"duplicate custom_id {item.custom_id!r} (first at {seen[item.custom_id]})"
+            details.append(ErrorDetail(field=f"{label}.custom_id", message=message))
+        seen.setdefault(item.custom_id, label)
+        # Every batch job waits behind interactive ones, whatever the item asked for.
+        job = JobCreate.model_validate(item.model_dump(exclude={"custom_id"}) | {"priority": Priority.BATCH})
+        try:
+            jobs.append((item.custom_id, check_limits(settings, job)))
+        except ApiError as exc:
+            details += [ErrorDetail(field=f"{label}.{d.field}", message=d.message) for d in exc.details or []]
+    if details:
+        raise _rejected(details)
+    return jobs, metadata
+
+
+def _check_capacity(settings: Settings, store: JobStore, jobs: list[JobCreate], tenant: str) -> None:
+    """Refuse a batch the queued caps cannot take now (429) or ever (413), before storing anything."""
+    caps = [
+        (keys.queued(m), n, settings.max_queued, f"model {m!r}")
+        for m, n in Counter(j.model for j in jobs).items()
+    ]
+    caps.append((keys.tenant_queued(tenant), len(jobs), settings.max_queued_per_tenant, "your tenant"))
+    for key, n, cap, what in caps:
+        if not cap:
+            continue
+        if n > cap:
+            raise _too_large(f"batch has {n} jobs for {what}, whose queued cap is {cap}; split it")
+        if store.r.zcard(key) + n > cap:
+            code = ErrorCode.QUEUE_FULL if key != keys.tenant_queued(tenant) else ErrorCode.TENANT_QUEUE_FULL
+            raise ApiError(
+                429,
+                code,
+                f"{what} cannot take {n} more queued jobs now (cap {cap}); retry later",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+            )
+
+
+def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str], tenant: str) -> None:
+    """Undo a partly submitted batch: cancel its jobs, and forget those that never started."""
+    for job_id in job_ids:
+        # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
+        if store.cancel(job_id) == "cancelled":
+            store.delete(job_id)
+            store.r.zrem(keys.tenant_jobs(tenant), job_id)
+    batches.delete(batch_id)
+
+
+@batches_bp.post("/v1/batches")
+def create_batch() -> Response:
+    """Validate every item, store the batch, then submit its jobs at batch priority: 202 with it."""
+    settings, store, batches = _ctx()
+    jobs, metadata = parse_batch(settings)
+    tenant = g.tenant
+    _check_capacity(settings, store, [job for _, job in jobs], tenant)
+    batch_id = new_batch_id()
+    items = [(custom_id, new_job_id()) for custom_id, _ in jobs]
+    record = batches.create(batch_id, tenant, items, metadata)
+    celery = current_app.extensions["genq"]["celery"]
+    submitted: list[str] = []
+    try:
+        for (_, job), (_, job_id) in zip(jobs, items, strict=True):
+            submit(settings, store, celery, job, tenant, job_id)
+            submitted.append(job_id)
+    except ApiError as exc:  # a queued cap filled up since the check: nothing half-submitted remains
+        with contextlib.suppress(Exception):
+            _withdraw(store, batches, batch_id, submitted, tenant)
+        raise ApiError(
+            exc.status, exc.code, f"batch refused, nothing kept: {exc.message}", None, exc.headers
+        ) from None
+    except Exception:
+        with contextlib.suppress(Exception):
+            _withdraw(store, batches, batch_id, submitted, tenant)
+        raise
+    location = url_for("batches.get_batch", batch_id=batch_id)
+    return _json(batches.public(record, with_results=False), 202, {"Location": location})
+
+
+def _batch_or_404(batches: BatchStore, batch_id: str) -> BatchRecord:
+    """Return the caller's batch; another tenant's batch is a 404, exactly like an unknown id."""
+    batch = batches.get(batch_id, g.tenant) if BATCH_ID.match(batch_id) else None
+    if batch is None:
+        raise ApiError(404, ErrorCode.NOT_FOUND, f"no batch {batch_id!r} (unknown or expired)")
+    return batch
+
+
+def _wait_arg(settings: Settings) -> float:
+    raw = request.args.get("wait", "0")
+    try:
+        wait = float(raw)
+        if not 0 <= wait <= settings.max_wait:
+            raise ValueError
+    except ValueError:
+        raise ApiError(
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw!r}",
+            [ErrorDetail(field="wait", message="out of range")],
+        ) from None
+    return wait
+
+
+@batches_bp.get("/v1/batches/<batch_id>")
+def get_batch(batch_id: str) -> Response:
+    """Return a batch's counts, and its results once done; ?wait=N blocks up to N seconds for that."""
+    settings, _, batches = _ctx()
+    wait = _wait_arg(settings)
+    return _json(batches.wait(_batch_or_404(batches, batch_id), wait))
+
+
+@batches_bp.get("/v1/batches/<batch_id>/results")
+def batch_results(batch_id: str) -> Response:
+    """Download a finished batch's results as JSONL, one line per item in submission order; 409 before."""
+    _, _, batches = _ctx()
+    batch = _batch_or_404(batches, batch_id)
+    public = batches.public(batch, with_results=False)
+    if public.status is BatchStatus.IN_PROGRESS:
+        left = public.counts.queued + public.counts.running
+        raise ApiError(
+            409,
+            ErrorCode.BATCH_IN_PROGRESS,
+            f"batch {batch_id} still has {left} unfinished jobs; retry later",
+        )
+    body = "".join(r.model_dump_json() + "\n" for r in batches.results(batch))
+    headers = {"Content-Disposition": f'attachment; filename="{batch_id}.jsonl"'}
+    return Response(body, mimetype="application/x-ndjson", headers=headers)
+
+
+@batches_bp.post("/v1/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str) -> Response:
+    """Cancel every job of the batch that has not ended: 200 when all ended, 202 while running ones stop."""
+    _, _, batches = _ctx()
+    batch = _batch_or_404(batches, batch_id)
+    if not batch.cancelled and batches.public(batch, with_results=False).status is BatchStatus.COMPLETED:
+        raise ApiError(409, ErrorCode.NOT_CANCELLABLE, f"batch {batch_id} has already completed")
+    public = batches.public(batches.cancel(batch))
+    return _json(public, 200 if public.status is BatchStatus.CANCELLED else 202)

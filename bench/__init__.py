@@ -1,0 +1,1 @@
+"""Benchmark of genq against in-process transformers (`python -m bench.run`)."""

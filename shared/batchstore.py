@@ -1,0 +1,162 @@
+"""Batch records: which jobs a batch holds, in order, and their states read in one round trip."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shared import keys
+from shared.jobstore import JobStore
+from shared.schemas import (
+    BatchCounts,
+    BatchPublic,
+    BatchResult,
+    BatchStatus,
+    ErrorCode,
+    JobError,
+    Status,
+)
+
+# What a batch reports for a job whose record is gone (expired before the batch, or never stored).
+MISSING = JobError(code=ErrorCode.NOT_FOUND, message="the job's record is gone (expired or never stored)")
+
+
+def new_batch_id() -> str:
+    """Return a fresh random 128-bit batch id."""
+    return "batch_" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A stored batch: its owner and its (custom_id, job_id) items in submission order."""
+
+    id: str
+    tenant: str
+    created_at: float
+    cancelled: bool
+    metadata: dict[str, Any] | None
+    items: list[tuple[str, str]]
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Return the batch's job ids in submission order."""
+        return [job_id for _, job_id in self.items]
+
+
+class BatchStore:
+    """Stores batches next to the jobs they hold; a batch expires with its jobs (the same TTL)."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+        self.r = jobs.r
+
+    def create(
+        self, batch_id: str, tenant: str, items: list[tuple[str, str]], metadata: dict[str, Any] | None
+    ) -> BatchRecord:
+        """Store a batch's record and its items (one transaction); its jobs are submitted after this."""
+        now = time.time()
+        record = {"tenant": tenant, "created_at": repr(now), "total": len(items)}
+        if metadata is not None:
+            record["metadata"] = json.dumps(metadata)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.batch(batch_id), mapping=record)
+        pipe.rpush(keys.batch_items(batch_id), *(json.dumps(item) for item in items))
+        pipe.expire(keys.batch(batch_id), self.jobs.ttl_s)
+        pipe.expire(keys.batch_items(batch_id), self.jobs.ttl_s)
+        pipe.execute()
+        return BatchRecord(batch_id, tenant, now, False, metadata, list(items))
+
+    def get(self, batch_id: str, tenant: str) -> BatchRecord | None:
+        """Return a batch; None when unknown, expired, or another tenant's."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.batch(batch_id))
+        pipe.lrange(keys.batch_items(batch_id), 0, -1)
+        rec, items = pipe.execute()
+        if not rec or rec.get("tenant") != tenant:
+            return None
+        return BatchRecord(
+            id=batch_id,
+            tenant=tenant,
+            created_at=float(rec["created_at"]),
+            cancelled=bool(rec.get("cancelled")),
+            metadata=json.loads(rec["metadata"]) if rec.get("metadata") else None,
+            items=[tuple(json.loads(item)) for item in items],
+        )
+
+    def delete(self, batch_id: str) -> None:
+        """Remove a batch whose jobs could not all be submitted."""
+        self.r.delete(keys.batch(batch_id), keys.batch_items(batch_id))
+
+    def statuses(self, batch: BatchRecord) -> list[Status | None]:
+        """Return each job's status in submission order (None if its record is gone): one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in batch.job_ids:
+            pipe.hget(keys.job(job_id), "status")
+        return [Status(s) if s else None for s in pipe.execute()]
+
+    def results(self, batch: BatchRecord) -> list[BatchResult]:
+        """Return every item's outcome in submission order: one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in batch.job_ids:
+            pipe.hmget(keys.job(job_id), "status", "output", "usage", "error")
+        out = []
+        for (custom_id, job_id), (status, output, usage, error) in zip(
+            batch.items, pipe.execute(), strict=True
+        ):
+            out.append(
+                BatchResult(
+                    custom_id=custom_id,
+                    job_id=job_id,
+                    status=status or Status.FAILED,
+                    output=json.loads(output) if output else None,
+                    usage=json.loads(usage) if usage else None,
+                    error=json.loads(error) if error else (None if status else MISSING),
+                )
+            )
+        return out
+
+    def public(
+        self, batch: BatchRecord, with_results: bool = True, statuses: list[Status | None] | None = None
+    ) -> BatchPublic:
+        """Shape a batch for clients: counts always, results once every job has ended."""
+        statuses = self.statuses(batch) if statuses is None else statuses
+        counts = BatchCounts(total=len(statuses))
+        for status in statuses:
+            name = (status or Status.FAILED).value  # a vanished record can no longer succeed
+            setattr(counts, name, getattr(counts, name) + 1)
+        ended = all(s is None or s.is_terminal for s in statuses)
+        if not ended:
+            state = BatchStatus.IN_PROGRESS
+        else:
+            state = BatchStatus.CANCELLED if batch.cancelled else BatchStatus.COMPLETED
+        return BatchPublic(
+            id=batch.id,
+            status=state,
+            created_at=batch.created_at,
+            counts=counts,
+            metadata=batch.metadata,
+            results=self.results(batch) if ended and with_results else None,
+        )
+
+    def wait(self, batch: BatchRecord, timeout_s: float) -> BatchPublic:
+        """Return the batch once every job has ended or timeout_s has passed, blocking in Redis."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            statuses = self.statuses(batch)
+            pending = [j for j, s in zip(batch.job_ids, statuses, strict=True) if s and not s.is_terminal]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return self.public(batch, statuses=statuses)
+            # Block on the first unfinished job's done event; later ones are seen on the next check.
+            self.jobs.wait(pending[0], left)
+
+    def cancel(self, batch: BatchRecord) -> BatchRecord:
+        """Mark the batch cancelled and cancel each job that has not ended (running ones are flagged)."""
+        self.r.hset(keys.batch(batch.id), "cancelled", "1")
+        for job_id, status in zip(batch.job_ids, self.statuses(batch), strict=True):
+            if status is not None and not status.is_terminal:
+                self.jobs.cancel(job_id)  # one round trip each: the job store owns the transition
+        return BatchRecord(batch.id, batch.tenant, batch.created_at, True, batch.metadata, batch.items)
