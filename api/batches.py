@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import ApiError, validation_details
+from api.routes import wait_arg
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, submit
 from shared import keys
 from shared.batchstore import BatchRecord, BatchStore, new_batch_id
@@ -219,27 +220,11 @@ def _batch_or_404(batches: BatchStore, batch_id: str) -> BatchRecord:
     return batch
 
 
-def _wait_arg(settings: Settings) -> float:
-    raw = request.args.get("wait", "0")
-    try:
-        wait = float(raw)
-        if not 0 <= wait <= settings.max_wait:
-            raise ValueError
-    except ValueError:
-        raise ApiError(
-            422,
-            ErrorCode.VALIDATION_ERROR,
-            f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw!r}",
-            [ErrorDetail(field="wait", message="out of range")],
-        ) from None
-    return wait
-
-
 @batches_bp.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
     """Return a batch's counts, and its results once done; ?wait=N blocks up to N seconds for that."""
     settings, _, batches = _ctx()
-    wait = _wait_arg(settings)
+    wait = wait_arg(settings)
     return _json(batches.wait(_batch_or_404(batches, batch_id), wait))
 
 

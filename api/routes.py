@@ -153,19 +153,24 @@ def list_jobs() -> Response:
 def get_job(job_id: str) -> Response:
     """Return a job; ?wait=N blocks up to N seconds for it to end."""
     settings, store = _ctx()
-    raw_wait = request.args.get("wait", "0")
+    return _json(_job_or_404(store, job_id, wait_arg(settings)))
+
+
+def wait_arg(settings: Settings) -> float:
+    """Return the request's ?wait= in seconds (0 to GENQ_MAX_WAIT), or raise a 422 naming it."""
+    raw = request.args.get("wait", "0")
     try:
-        wait = float(raw_wait)
+        wait = float(raw)
         if not 0 <= wait <= settings.max_wait:
             raise ValueError
     except ValueError:
         raise ApiError(
             422,
             ErrorCode.VALIDATION_ERROR,
-            f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw_wait!r}",
+            f"wait must be a number of seconds from 0 to {settings.max_wait}, got {raw!r}",
             [ErrorDetail(field="wait", message="out of range")],
         ) from None
-    return _json(_job_or_404(store, job_id, wait))
+    return wait
 
 
 @bp.get("/v1/jobs/<job_id>/stream")
