@@ -237,13 +237,12 @@ def start_worker(settings: Settings, store: JobStore, tmp_path: Path) -> Iterato
         proc.stop()
 
 
-@pytest.fixture
-def api_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
-    """The API under gunicorn on a free port; yields its base URL."""
+def start_api(settings: Settings, log: Path) -> tuple[Proc, str]:
+    """Start `genq api` (gunicorn) on a free port, wait for /healthz; return it and its base URL."""
     port = free_port()
     env = settings_env(settings)
     env["GENQ_PORT"] = str(port)
-    proc = Proc([*GENQ, "api"], env, tmp_path / "api.log")
+    proc = Proc([*GENQ, "api"], env, log)
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -255,7 +254,14 @@ def api_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
         except OSError:
             return False
 
-    wait_until(healthy, 30, "the API to answer /healthz", 0.1)
+    wait_until(healthy, 30, f"the API at {base} to answer /healthz", 0.1)
+    return proc, base
+
+
+@pytest.fixture
+def api_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """The API under gunicorn on a free port; yields its base URL."""
+    proc, base = start_api(settings, tmp_path / "api.log")
     yield base
     proc.stop()
 

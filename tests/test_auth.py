@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from api.auth import authenticate, hash_key, load_keys, new_key
 from shared.client import Client, GenqError
 from shared.settings import Settings
-from tests.conftest import GENQ, ROOT, Proc, free_port, settings_env, wait_until
+from tests.conftest import GENQ, ROOT, start_api, wait_until
 
 ACME_KEY = new_key()
 GLOBEX_KEY = new_key()
@@ -137,27 +136,9 @@ def test_idempotency_keys_are_scoped_to_the_tenant(http) -> None:
     assert a.status_code == b.status_code == 202 and a.get_json()["id"] != b.get_json()["id"]
 
 
-def _start_api(settings: Settings, tmp_path: Path, name: str) -> tuple[Proc, str]:
-    port = free_port()
-    env = settings_env(settings)
-    env["GENQ_PORT"] = str(port)
-    proc = Proc([*GENQ, "api"], env, tmp_path / f"{name}.log")
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_until(up, 30, f"API {name}", 0.1)
-    return proc, base
-
-
 def test_rate_limit_holds_across_two_api_processes(settings: Settings, tmp_path: Path) -> None:
     limited = settings.model_copy(update={"rate_limit": "6/minute"})
-    procs = [_start_api(limited, tmp_path, f"api{i}") for i in range(2)]
+    procs = [start_api(limited, tmp_path / f"api{i}.log") for i in range(2)]
     try:
         clients = [Client(base, api_key=ACME_KEY) for _, base in procs]
         for i in range(6):
@@ -193,7 +174,7 @@ def test_log_text_puts_prompts_in_worker_logs(start_worker, api_server: str) -> 
 
 
 def test_open_mode_says_so_at_start(tmp_path: Path, settings: Settings) -> None:
-    proc, base = _start_api(settings.model_copy(update={"api_keys": ""}), tmp_path, "open")
+    proc, base = start_api(settings.model_copy(update={"api_keys": ""}), tmp_path / "open.log")
     try:
         assert Client(base).models()["object"] == "list"  # no key needed
         assert "OPEN" in proc.log()

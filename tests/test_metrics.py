@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import metrics
 from shared.client import Client
 from shared.settings import Settings
-from tests.conftest import GENQ, Proc, free_port, settings_env, wait_until
+from tests.conftest import Proc, free_port, start_api, wait_until
 
 HISTOGRAMS = [h.name for h in metrics.HISTOGRAMS]
 TOO_LONG = {"prompt": "word " * 5000, "max_new_tokens": 7000}  # over the tiny model's 8192 tokens
@@ -55,27 +55,6 @@ def scrape(base: str) -> Scrape:
         assert resp.status == 200
         assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
         return Scrape(resp.read().decode())
-
-
-def start_api(settings: Settings, log: Path) -> tuple[Proc, str]:
-    """Start `genq api` (gunicorn, several processes) on a free port; return it and its URL."""
-    port = free_port()
-    env = settings_env(settings)
-    env["GENQ_PORT"] = str(port)
-    proc = Proc([*GENQ, "api"], env, log)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"API exited early:\n{proc.log()}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_until(up, 30, f"the API at {base}", 0.1)
-    return proc, base
 
 
 @pytest.fixture
