@@ -22,12 +22,6 @@ local function unqueue(job, id)
   redis.call('ZREM', 'genq:queued:' .. m, id)
   redis.call('ZREM', 'genq:tqueued:' .. (t or 'default'), id)
 end
--- Every terminal transition counts itself here, once, for /metrics (shared/metrics.py).
-local function count_final(job, status)
-  local m = redis.call('HGET', job, 'model')
-  redis.call('SADD', 'genq:metrics:models', m)
-  redis.call('HINCRBY', 'genq:metrics:jobs:' .. m, status, 1)
-end
 """
 
 # A job whose webhook wants this event gets a delivery due now, in the same step as the state
@@ -40,6 +34,16 @@ local function notify(job, id, event, now)
   local d = {id = id .. ':' .. event .. ':' .. (n or '0'), job_id = id, event = event, attempt = 1, url = url}
   redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
   redis.call('HSET', job, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
+end
+-- Every terminal transition ends here, once: counted for /metrics (shared/metrics.py), the done
+-- event that closes streams and long polls, and the completed webhook.
+local function ended(job, events, id, status, now)
+  local m = redis.call('HGET', job, 'model')
+  redis.call('SADD', 'genq:metrics:models', m)
+  redis.call('HINCRBY', 'genq:metrics:jobs:' .. m, status, 1)
+  redis.call('XADD', events, '*', 'type', 'done', 'data', status)
+  redis.call('EXPIRE', events, redis.call('TTL', job))
+  notify(job, id, 'completed', now)
 end
 """
 
@@ -57,10 +61,7 @@ local ttl = redis.call('TTL', KEYS[1])
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if deadline and tonumber(ARGV[2]) > tonumber(deadline) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[6])
-  count_final(KEYS[1], 'failed')
-  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'failed')
-  redis.call('EXPIRE', KEYS[2], ttl)
-  notify(KEYS[1], ARGV[1], 'completed', ARGV[2])
+  ended(KEYS[1], KEYS[2], ARGV[1], 'failed', ARGV[2])
   return 'expired'
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'device', ARGV[4])
@@ -90,10 +91,7 @@ local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 unqueue(KEYS[1], ARGV[1])
-count_final(KEYS[1], fields['status'])
-redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', fields['status'])
-redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
-notify(KEYS[1], ARGV[1], 'completed', fields['finished_at'])
+ended(KEYS[1], KEYS[2], ARGV[1], fields['status'], fields['finished_at'])
 return 'ok'
 """
 )
@@ -109,10 +107,7 @@ if not st then return false end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
   unqueue(KEYS[1], ARGV[1])
-  count_final(KEYS[1], 'cancelled')
-  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', 'cancelled')
-  redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
-  notify(KEYS[1], ARGV[1], 'completed', ARGV[2])
+  ended(KEYS[1], KEYS[2], ARGV[1], 'cancelled', ARGV[2])
   return 'cancelled'
 end
 if st == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
@@ -124,8 +119,7 @@ return st
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
 # ARGV: job id, now, max attempts, worker_lost-error JSON.
 REQUEUE = (
-    _UNQUEUE  # for count_final
-    + _NOTIFY
+    _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
@@ -142,10 +136,7 @@ elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
 end
 if final then
-  count_final(KEYS[1], final)
-  redis.call('XADD', KEYS[2], '*', 'type', 'done', 'data', final)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  notify(KEYS[1], ARGV[1], 'completed', ARGV[2])
+  ended(KEYS[1], KEYS[2], ARGV[1], final, ARGV[2])
   return final
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
