@@ -12,13 +12,24 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from api import idempotency, openai_batch
 from api.errors import ApiError, validation_details
 from api.routes import wait_arg
-from api.submit import QUEUE_FULL_RETRY_S, check_limits, submit
+from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, submit
 from shared import keys
 from shared.batchstore import BatchRecord, BatchStore, new_batch_id
 from shared.jobstore import JobStore, new_job_id
-from shared.schemas import BatchCreate, BatchItem, BatchStatus, ErrorCode, ErrorDetail, JobCreate, Priority
+from shared.schemas import (
+    BatchCreate,
+    BatchFormat,
+    BatchItem,
+    BatchOptions,
+    BatchStatus,
+    ErrorCode,
+    ErrorDetail,
+    JobCreate,
+    Priority,
+)
 from shared.settings import Settings
 
 batches_bp = Blueprint("batches", __name__)
@@ -49,8 +60,8 @@ def _too_large(message: str) -> ApiError:
     return ApiError(413, ErrorCode.BATCH_TOO_LARGE, message)
 
 
-def _read_body(settings: Settings) -> tuple[bytes, bool]:
-    """Return the upload and whether it is JSONL (a JSONL body, or a multipart 'file' field)."""
+def _read_body(settings: Settings) -> tuple[bytes, bool, dict[str, str]]:
+    """Return the upload, whether it is JSONL, and a multipart upload's other fields (JSON texts)."""
     request.max_content_length = settings.max_batch_body_bytes  # batches may exceed max_body_bytes
     try:
         if request.mimetype == "multipart/form-data":
@@ -62,8 +73,9 @@ def _read_body(settings: Settings) -> tuple[bytes, bool]:
                     "a multipart batch upload needs a 'file' field holding JSONL",
                     [ErrorDetail(field="file", message="missing")],
                 )
-            return upload.read(), True
-        return request.get_data(cache=False), request.mimetype in JSONL_TYPES
+            fields = {name: request.form[name] for name in ("metadata", "webhook") if name in request.form}
+            return upload.read(), True, fields
+        return request.get_data(cache=False), request.mimetype in JSONL_TYPES, {}
     except RequestEntityTooLarge:
         raise ApiError(
             413,
@@ -72,34 +84,66 @@ def _read_body(settings: Settings) -> tuple[bytes, bool]:
         ) from None
 
 
+def _options(fields: dict[str, str]) -> BatchOptions:
+    """Parse a multipart upload's metadata and webhook fields, each a JSON text."""
+    data = {}
+    for name, text in fields.items():
+        try:
+            data[name] = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise _malformed(f"the {name!r} field", exc) from None
+    try:
+        return BatchOptions.model_validate(data)
+    except ValidationError as exc:
+        raise _rejected(validation_details(exc)) from None
+
+
+def _item(settings: Settings, data: Any) -> BatchItem:
+    """Validate one JSONL line: a genq job request with a custom_id, or an OpenAI batch line."""
+    if openai_batch.is_openai_line(data):
+        return openai_batch.to_item(settings, openai_batch.OpenAIBatchLine.model_validate(data))
+    return BatchItem.model_validate(data)
+
+
 def _malformed(where: str, exc: Exception) -> ApiError:
     return ApiError(400, ErrorCode.MALFORMED_JSON, f"{where} is not valid JSON: {exc}")
 
 
-def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], dict[str, Any] | None]:
-    """Return the labelled items ('requests.3' or 'line 4') and the batch metadata, schema-checked."""
-    raw, jsonl = _read_body(settings)
+def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], BatchOptions, BatchFormat]:
+    """Return the labelled items ('requests.3' or 'line 4'), the batch's options and its format."""
+    raw, jsonl, fields = _read_body(settings)
     limit = settings.max_batch_items
     if jsonl:
+        options = _options(fields)
         lines = [(n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
         if len(lines) > limit:
             raise _too_large(f"batch has {len(lines)} requests, above the limit of {limit}")
-        items, details = [], []
+        items, details, formats = [], [], set[BatchFormat]()
         for n, line in lines:
             try:
-                items.append((f"line {n}", BatchItem.model_validate(json.loads(line))))
+                data = json.loads(line)
             except (ValueError, RecursionError) as exc:
-                if not isinstance(exc, ValidationError):
-                    raise _malformed(f"line {n}", exc) from None
+                raise _malformed(f"line {n}", exc) from None
+            formats.add(BatchFormat.OPENAI if openai_batch.is_openai_line(data) else BatchFormat.GENQ)
+            if len(formats) > 1:
+                message = "mixes genq job requests and OpenAI batch lines; use one format per batch"
+                raise _rejected([ErrorDetail(field=f"line {n}", message=message)])
+            try:
+                items.append((f"line {n}", _item(settings, data)))
+            except ValidationError as exc:
                 details += [
                     ErrorDetail(field=f"line {n}.{d.field}", message=d.message)
                     for d in validation_details(exc)
+                ]
+            except ApiError as exc:
+                details += [
+                    ErrorDetail(field=f"line {n}.{d.field}", message=d.message) for d in exc.details or []
                 ]
         if details:
             raise _rejected(details)
         if not items:
             raise ApiError(422, ErrorCode.VALIDATION_ERROR, "the upload holds no requests")
-        return items, None
+        return items, options, formats.pop()
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -110,7 +154,8 @@ def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], dict[str, A
         batch = BatchCreate.model_validate(data)
     except ValidationError as exc:
         raise _rejected(validation_details(exc)) from None
-    return [(f"requests.{i}", item) for i, item in enumerate(batch.requests)], batch.metadata
+    options = BatchOptions(metadata=batch.metadata, webhook=batch.webhook)
+    return [(f"requests.{i}", item) for i, item in enumerate(batch.requests)], options, BatchFormat.GENQ
 
 
 def _rejected(details: list[ErrorDetail]) -> ApiError:
@@ -123,15 +168,20 @@ def _rejected(details: list[ErrorDetail]) -> ApiError:
     )
 
 
-def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], dict[str, Any] | None]:
-    """Validate every item (schema, catalog limits, unique custom_id) before anything is stored."""
-    items, metadata = _parse(settings)
+def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], BatchOptions, BatchFormat]:
+    """Validate every item (schema, catalog limits, unique custom_id) and the options before storing."""
+    items, options, fmt = _parse(settings)
     details: list[ErrorDetail] = []
-    if metadata is not None:
-        size = len(json.dumps(metadata, separators=(",", ":")).encode())
+    if options.metadata is not None:
+        size = len(json.dumps(options.metadata, separators=(",", ":")).encode())
         if size > settings.max_metadata_bytes:
             message = f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}"
             details.append(ErrorDetail(field="metadata", message=message))
+    if options.webhook is not None:
+        try:
+            check_webhook(settings, options.webhook)
+        except ApiError as exc:
+            details += exc.details or []
     seen: dict[str, str] = {}
     jobs: list[tuple[str, JobCreate]] = []
     for label, item in items:
@@ -147,7 +197,7 @@ def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], dict[s
             details += [ErrorDetail(field=f"{label}.{d.field}", message=d.message) for d in exc.details or []]
     if details:
         raise _rejected(details)
-    return jobs, metadata
+    return jobs, options, fmt
 
 
 def _check_capacity(settings: Settings, store: JobStore, jobs: list[JobCreate], tenant: str) -> None:
@@ -186,17 +236,49 @@ def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list
 def create_batch() -> Response:
     """Validate every item, store the batch, then submit its jobs at batch priority: 202 with it."""
     settings, store, batches = _ctx()
-    jobs, metadata = parse_batch(settings)
+    jobs, options, fmt = parse_batch(settings)
     tenant = g.tenant
-    _check_capacity(settings, store, [job for _, job in jobs], tenant)
     batch_id = new_batch_id()
+    idem_key = idempotency.key_of(tenant, "batches")
+    if idem_key is not None:
+        canonical = {
+            "requests": [[custom_id, job.model_dump(mode="json")] for custom_id, job in jobs],
+            "options": options.model_dump(mode="json"),
+            "format": fmt,
+        }
+        digest = idempotency.fingerprint(json.dumps(canonical, sort_keys=True))
+        earlier = idempotency.claim(store, idem_key, digest, batch_id, settings.idempotency_ttl)
+        if earlier is not None:
+            return _replay(batches, earlier, tenant)
+    try:
+        record = _submit_batch(settings, store, batches, batch_id, jobs, options, fmt, tenant)
+    except Exception:
+        with contextlib.suppress(Exception):
+            idempotency.release(store, idem_key)  # nothing was kept: a retry may succeed
+        raise
+    location = url_for("batches.get_batch", batch_id=batch_id)
+    return _json(batches.public(record, with_results=False), 202, {"Location": location})
+
+
+def _submit_batch(
+    settings: Settings,
+    store: JobStore,
+    batches: BatchStore,
+    batch_id: str,
+    jobs: list[tuple[str, JobCreate]],
+    options: BatchOptions,
+    fmt: BatchFormat,
+    tenant: str,
+) -> BatchRecord:
+    """Store the batch, then submit each job; on any failure withdraw it all and raise."""
+    _check_capacity(settings, store, [job for _, job in jobs], tenant)
     items = [(custom_id, new_job_id()) for custom_id, _ in jobs]
-    record = batches.create(batch_id, tenant, items, metadata)
+    record = batches.create(batch_id, tenant, items, options.metadata, options.webhook, fmt)
     celery = current_app.extensions["genq"]["celery"]
     submitted: list[str] = []
     try:
         for (_, job), (_, job_id) in zip(jobs, items, strict=True):
-            submit(settings, store, celery, job, tenant, job_id)
+            submit(settings, store, celery, job, tenant, job_id, batch_id)
             submitted.append(job_id)
     except ApiError as exc:  # a queued cap filled up since the check: nothing half-submitted remains
         with contextlib.suppress(Exception):
@@ -208,8 +290,17 @@ def create_batch() -> Response:
         with contextlib.suppress(Exception):
             _withdraw(store, batches, batch_id, submitted, tenant)
         raise
-    location = url_for("batches.get_batch", batch_id=batch_id)
-    return _json(batches.public(record, with_results=False), 202, {"Location": location})
+    batches.submitted(batch_id)
+    return record
+
+
+def _replay(batches: BatchStore, batch_id: str, tenant: str) -> Response:
+    """Answer a repeated Idempotency-Key with the batch the first request created, as it is now."""
+    batch = batches.get(batch_id, tenant)
+    if batch is None or not batch.submitted:
+        raise idempotency.still_processing()
+    headers = {"Location": url_for("batches.get_batch", batch_id=batch_id), "Idempotent-Replayed": "true"}
+    return _json(batches.public(batch, with_results=False), 202, headers)
 
 
 def _batch_or_404(batches: BatchStore, batch_id: str) -> BatchRecord:
@@ -230,9 +321,14 @@ def get_batch(batch_id: str) -> Response:
 
 @batches_bp.get("/v1/batches/<batch_id>/results")
 def batch_results(batch_id: str) -> Response:
-    """Download a finished batch's results as JSONL, one line per item in submission order; 409 before."""
+    """Download a finished batch's results as JSONL, one line per item in submission order; 409 before.
+
+    ?format=genq gives BatchResult lines, ?format=openai OpenAI batch output lines; the default is
+    the format the batch's items came in.
+    """
     _, _, batches = _ctx()
     batch = _batch_or_404(batches, batch_id)
+    fmt = _format_arg(batch.format)
     public = batches.public(batch, with_results=False)
     if public.status is BatchStatus.IN_PROGRESS:
         left = public.counts.queued + public.counts.running
@@ -241,9 +337,25 @@ def batch_results(batch_id: str) -> Response:
             ErrorCode.BATCH_IN_PROGRESS,
             f"batch {batch_id} still has {left} unfinished jobs; retry later",
         )
-    body = "".join(r.model_dump_json() + "\n" for r in batches.results(batch))
+    if fmt is BatchFormat.OPENAI:
+        body = "".join(openai_batch.result_lines(batches.jobs, batch))
+    else:
+        body = "".join(r.model_dump_json() + "\n" for r in batches.results(batch))
     headers = {"Content-Disposition": f'attachment; filename="{batch_id}.jsonl"'}
     return Response(body, mimetype="application/x-ndjson", headers=headers)
+
+
+def _format_arg(default: BatchFormat) -> BatchFormat:
+    value = request.args.get("format")
+    if value is None:
+        return default
+    try:
+        return BatchFormat(value)
+    except ValueError:
+        message = f"format must be one of {', '.join(f.value for f in BatchFormat)}"
+        raise ApiError(
+            422, ErrorCode.VALIDATION_ERROR, message, [ErrorDetail(field="format", message=message)]
+        ) from None
 
 
 @batches_bp.post("/v1/batches/<batch_id>/cancel")

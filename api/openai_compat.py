@@ -33,6 +33,7 @@ openai_bp = Blueprint("openai", __name__)
 WAIT_GRACE_S = 60.0  # past the last deadline and a lease: time for a worker's result retries to land
 UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
 
 
 def _ctx() -> tuple[Settings, JobStore]:
@@ -43,22 +44,32 @@ def _ctx() -> tuple[Settings, JobStore]:
 @openai_bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     """Run a chat request as n jobs; answer when they end, or stream their text as chunks."""
-    req = _parse(ChatCompletionRequest)
-    messages = [_message(i, m) for i, m in enumerate(req.messages)]
-    budget = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    return _run(req, True, {"messages": messages}, getattr(req, budget), budget)
+    settings, _ = _ctx()
+    req, jobs = request_jobs(settings, CHAT_PATH, _body())
+    return _run(req, True, jobs)
 
 
 @openai_bp.post("/v1/completions")
 def completions() -> Response:
     """Run a text completion as n jobs; answer when they end, or stream their text as chunks."""
-    req = _parse(CompletionRequest)
-    return _run(req, False, {"prompt": req.text}, req.max_tokens, "max_tokens")
+    settings, _ = _ctx()
+    req, jobs = request_jobs(settings, COMPLETIONS_PATH, _body())
+    return _run(req, False, jobs)
 
 
-def _run(req: Any, chat: bool, inputs: dict[str, Any], max_new: int | None, budget: str) -> Response:
+def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[Any, list[JobCreate]]:
+    """Validate an OpenAI request body for this path and build its n checked jobs (OpenAIHTTPError if not)."""
+    if path == CHAT_PATH:
+        req = _validate(ChatCompletionRequest, data)
+        messages = [_message(i, m) for i, m in enumerate(req.messages)]
+        budget = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        return req, _jobs(settings, req, {"messages": messages}, getattr(req, budget), budget)
+    req = _validate(CompletionRequest, data)
+    return req, _jobs(settings, req, {"prompt": req.text}, req.max_tokens, "max_tokens")
+
+
+def _run(req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
     settings, store = _ctx()
-    jobs = _jobs(settings, req, inputs, max_new, budget)
     queued = _submit_all(settings, store, jobs)
     reply = Reply(
         chat=chat,
@@ -79,7 +90,7 @@ def _run(req: Any, chat: bool, inputs: dict[str, Any], max_new: int | None, budg
 
 
 # --- requests → jobs ----------------------------------------------------------
-def _parse(cls: type[BaseModel]) -> Any:
+def _body() -> dict[str, Any]:
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     try:
         data = json.loads(raw)
@@ -89,6 +100,10 @@ def _parse(cls: type[BaseModel]) -> Any:
         ) from None
     if not isinstance(data, dict):
         raise OpenAIHTTPError(400, "the request body must be a JSON object")
+    return data
+
+
+def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
         req = cls.model_validate(data)
     except ValidationError as exc:

@@ -57,7 +57,8 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "Same key and body within 24 h: the same job; another body: 409",
+    "description": "Same key and body within GENQ_IDEMPOTENCY_TTL (24 h): the same job or batch; "
+    "another body: 409",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
@@ -191,8 +192,10 @@ def openapi_spec() -> dict[str, Any]:
         },
         "/v1/batches": {
             "post": {
-                "summary": "Submit many jobs at batch priority (JSON, or JSONL: one BatchItem a line)",
+                "summary": "Submit many jobs at batch priority (JSON, or JSONL: one BatchItem or one "
+                "OpenAI batch line a line)",
                 "operationId": "createBatch",
+                "parameters": [IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -201,7 +204,17 @@ def openapi_spec() -> dict[str, Any]:
                         "multipart/form-data": {
                             "schema": {
                                 "type": "object",
-                                "properties": {"file": {"type": "string", "format": "binary"}},
+                                "properties": {
+                                    "file": {"type": "string", "format": "binary"},
+                                    "metadata": {
+                                        "type": "string",
+                                        "description": "the batch's metadata, a JSON object",
+                                    },
+                                    "webhook": {
+                                        "type": "string",
+                                        "description": "the batch's webhook, a JSON Webhook object",
+                                    },
+                                },
                                 "required": ["file"],
                             }
                         },
@@ -213,7 +226,7 @@ def openapi_spec() -> dict[str, Any]:
                         "BatchPublic",
                         {"Location": {"schema": {"type": "string"}}},
                     ),
-                    **_errors(400, 401, 413, 422, 429, 503),
+                    **_errors(400, 401, 409, 413, 422, 429, 503),
                 },
             }
         },
@@ -227,15 +240,25 @@ def openapi_spec() -> dict[str, Any]:
         },
         "/v1/batches/{batch_id}/results": {
             "get": {
-                "summary": "Download a finished batch's results as JSONL (one BatchResult per line)",
+                "summary": "Download a finished batch's results as JSONL, one line per item",
                 "operationId": "getBatchResults",
-                "parameters": [BATCH_ID_PARAM],
+                "parameters": [
+                    BATCH_ID_PARAM,
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["genq", "openai"]},
+                        "description": "genq: BatchResult lines; openai: OpenAI batch output lines. "
+                        "Default: the format the batch's items came in",
+                    },
+                ],
                 "responses": {
                     "200": {
-                        "description": "One BatchResult per line, in submission order",
+                        "description": "One line per item, in submission order",
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401, 404, 409, 429, 503),
+                    **_errors(401, 404, 409, 422, 429, 503),
                 },
             }
         },

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, ValidationError
 
+from api import idempotency
 from api.errors import ApiError, validation_details
 from api.openapi import openapi_spec
 from api.stream import job_events
@@ -32,7 +32,6 @@ from shared.settings import Settings
 bp = Blueprint("genq", __name__)
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 def _ctx() -> tuple[Settings, JobStore]:
@@ -77,53 +76,23 @@ def create_job() -> Response:
     job = parse_job(settings)
     job_id = new_job_id()
     tenant = g.tenant
-    idem_key = _idempotency_key(tenant)
+    idem_key = idempotency.key_of(tenant, "jobs")
     if idem_key is not None:
-        fingerprint = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
-        earlier = store.remember_idempotency(idem_key, fingerprint, job_id, settings.idempotency_ttl)
+        digest = idempotency.fingerprint(job.model_dump_json())
+        earlier = idempotency.claim(store, idem_key, digest, job_id, settings.idempotency_ttl)
         if earlier is not None:
-            return _replay(store, earlier, fingerprint, tenant)
+            job = store.get(earlier, tenant)
+            if job is None:
+                raise idempotency.still_processing()
+            headers = {"Location": url_for("genq.get_job", job_id=job.id), "Idempotent-Replayed": "true"}
+            return _json(job, 202, headers)
     try:
         public = submit(settings, store, current_app.extensions["genq"]["celery"], job, tenant, job_id)
     except Exception:
         with contextlib.suppress(Exception):
-            _forget(store, idem_key)  # a refused request leaves its key free for a retry
+            idempotency.release(store, idem_key)  # a refused request leaves its key free for a retry
         raise
     return _json(public, 202, {"Location": url_for("genq.get_job", job_id=job_id)})
-
-
-def _idempotency_key(tenant: str) -> str | None:
-    """Return the request's Idempotency-Key, scoped to its tenant (keys of two tenants never meet)."""
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
-        raise _invalid(
-            ErrorCode.VALIDATION_ERROR,
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
-            "Idempotency-Key",
-        )
-    return None if key is None else f"{tenant}\n{key}"
-
-
-def _forget(store: JobStore, idem_key: str | None) -> None:
-    if idem_key is not None:
-        store.forget_idempotency(idem_key)
-
-
-def _replay(store: JobStore, earlier: dict[str, str], fingerprint: str, tenant: str) -> Response:
-    """Answer a repeated Idempotency-Key: the same job for the same body, 409 for another body."""
-    if earlier["fingerprint"] != fingerprint:
-        raise ApiError(
-            409, ErrorCode.IDEMPOTENCY_CONFLICT, "this Idempotency-Key was used with a different request body"
-        )
-    job = store.get(earlier["job_id"], tenant)
-    if job is None:
-        raise ApiError(
-            409,
-            ErrorCode.IDEMPOTENCY_CONFLICT,
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-        )
-    headers = {"Location": url_for("genq.get_job", job_id=job.id), "Idempotent-Replayed": "true"}
-    return _json(job, 202, headers)
 
 
 def _job_or_404(store: JobStore, job_id: str, wait: float = 0) -> Any:

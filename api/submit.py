@@ -97,6 +97,7 @@ def submit(
     job: JobCreate,
     tenant: str,
     job_id: str | None = None,
+    batch_id: str | None = None,
 ) -> JobPublic:
     """Store a checked job, then enqueue it: 429 past either queued cap; never a record without a message."""
     spec = settings.model(job.model)
@@ -105,7 +106,14 @@ def submit(
     deadline = time.time() + (job.timeout_s or settings.max_job_seconds)
     try:
         public = store.create(
-            job_id, spec.name, job, settings.max_queued, deadline, tenant, settings.max_queued_per_tenant
+            job_id,
+            spec.name,
+            job,
+            settings.max_queued,
+            deadline,
+            tenant,
+            settings.max_queued_per_tenant,
+            batch_id,
         )
         enqueue(celery, spec.queue, job_id, job.priority)
     except TenantQueueFull:

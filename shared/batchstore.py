@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -12,12 +13,16 @@ from shared import keys
 from shared.jobstore import JobStore
 from shared.schemas import (
     BatchCounts,
+    BatchFormat,
     BatchPublic,
     BatchResult,
     BatchStatus,
     ErrorCode,
     JobError,
     Status,
+    Webhook,
+    WebhookDelivery,
+    WebhookEvent,
 )
 
 # What a batch reports for a job whose record is gone (expired before the batch, or never stored).
@@ -31,7 +36,7 @@ def new_batch_id() -> str:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """A stored batch: its owner and its (custom_id, job_id) items in submission order."""
+    """A stored batch: its owner, its (custom_id, job_id) items in submission order, and its state."""
 
     id: str
     tenant: str
@@ -39,6 +44,11 @@ class BatchRecord:
     cancelled: bool
     metadata: dict[str, Any] | None
     items: list[tuple[str, str]]
+    submitted: bool = True  # False while its jobs are still being submitted
+    started_at: float | None = None
+    finished_at: float | None = None
+    webhook_deliveries: dict[WebhookEvent, WebhookDelivery] | None = None
+    format: BatchFormat = BatchFormat.GENQ
 
     @property
     def job_ids(self) -> list[str]:
@@ -54,48 +64,66 @@ class BatchStore:
         self.r = jobs.r
 
     def create(
-        self, batch_id: str, tenant: str, items: list[tuple[str, str]], metadata: dict[str, Any] | None
+        self,
+        batch_id: str,
+        tenant: str,
+        items: list[tuple[str, str]],
+        metadata: dict[str, Any] | None,
+        webhook: Webhook | None = None,
+        fmt: BatchFormat = BatchFormat.GENQ,
     ) -> BatchRecord:
         """Store a batch's record and its items (one transaction); its jobs are submitted after this."""
         now = time.time()
-        record = {"tenant": tenant, "created_at": repr(now), "total": len(items)}
+        record: dict[str, Any] = {
+            "tenant": tenant,
+            "created_at": repr(now),
+            "total": len(items),
+            "format": fmt.value,
+        }
         if metadata is not None:
             record["metadata"] = json.dumps(metadata)
+        if webhook is not None:  # the jobs' state-change scripts schedule its deliveries
+            record["webhook_url"] = webhook.url
+            record["webhook_events"] = ",".join(webhook.events)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(keys.batch(batch_id), mapping=record)
         pipe.rpush(keys.batch_items(batch_id), *(json.dumps(item) for item in items))
         pipe.expire(keys.batch(batch_id), self.jobs.ttl_s)
         pipe.expire(keys.batch_items(batch_id), self.jobs.ttl_s)
         pipe.execute()
-        return BatchRecord(batch_id, tenant, now, False, metadata, list(items))
+        return BatchRecord(batch_id, tenant, now, False, metadata, list(items), submitted=False, format=fmt)
 
-    def get(self, batch_id: str, tenant: str) -> BatchRecord | None:
-        """Return a batch; None when unknown, expired, or another tenant's."""
+    def submitted(self, batch_id: str) -> None:
+        """Note that every job of the batch has been submitted (idempotent replays wait for this)."""
+        self.r.hset(keys.batch(batch_id), "submitted", "1")
+
+    def get(self, batch_id: str, tenant: str | None) -> BatchRecord | None:
+        """Return a batch; None when unknown, expired, or another tenant's (tenant None: anyone's)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(keys.batch(batch_id))
         pipe.lrange(keys.batch_items(batch_id), 0, -1)
         rec, items = pipe.execute()
-        if not rec or rec.get("tenant") != tenant:
+        if not rec or "tenant" not in rec or tenant not in (None, rec["tenant"]):
             return None
-        return BatchRecord(
-            id=batch_id,
-            tenant=tenant,
-            created_at=float(rec["created_at"]),
-            cancelled=bool(rec.get("cancelled")),
-            metadata=json.loads(rec["metadata"]) if rec.get("metadata") else None,
-            items=[tuple(json.loads(item)) for item in items],
-        )
+        return _record(batch_id, rec, [tuple(json.loads(item)) for item in items])
 
     def delete(self, batch_id: str) -> None:
         """Remove a batch whose jobs could not all be submitted."""
         self.r.delete(keys.batch(batch_id), keys.batch_items(batch_id))
 
-    def statuses(self, batch: BatchRecord) -> list[Status | None]:
-        """Return each job's status in submission order (None if its record is gone): one round trip."""
-        pipe = self.r.pipeline(transaction=False)
+    def snapshot(self, batch: BatchRecord) -> tuple[BatchRecord, list[Status | None]]:
+        """Return the batch as stored now and each job's status in submission order, read atomically.
+
+        A job's status is None when its record is gone. Reading both in one transaction keeps them
+        consistent: finished_at is set by the very step that ends the last job.
+        """
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(keys.batch(batch.id))
         for job_id in batch.job_ids:
             pipe.hget(keys.job(job_id), "status")
-        return [Status(s) if s else None for s in pipe.execute()]
+        rec, *statuses = pipe.execute()
+        fresh = _record(batch.id, rec, batch.items) if rec.get("tenant") else batch
+        return fresh, [Status(s) if s else None for s in statuses]
 
     def results(self, batch: BatchRecord) -> list[BatchResult]:
         """Return every item's outcome in submission order: one round trip."""
@@ -118,11 +146,9 @@ class BatchStore:
             )
         return out
 
-    def public(
-        self, batch: BatchRecord, with_results: bool = True, statuses: list[Status | None] | None = None
-    ) -> BatchPublic:
-        """Shape a batch for clients: counts always, results once every job has ended."""
-        statuses = self.statuses(batch) if statuses is None else statuses
+    def public(self, batch: BatchRecord, with_results: bool = True) -> BatchPublic:
+        """Shape the batch as it is now for clients: counts always, results once every job has ended."""
+        batch, statuses = self.snapshot(batch)
         counts = BatchCounts(total=len(statuses))
         for status in statuses:
             name = (status or Status.FAILED).value  # a vanished record can no longer succeed
@@ -135,28 +161,54 @@ class BatchStore:
         return BatchPublic(
             id=batch.id,
             status=state,
+            format=batch.format,
             created_at=batch.created_at,
+            started_at=batch.started_at,
+            finished_at=batch.finished_at,
             counts=counts,
             metadata=batch.metadata,
             results=self.results(batch) if ended and with_results else None,
+            webhook_deliveries=batch.webhook_deliveries,
         )
 
     def wait(self, batch: BatchRecord, timeout_s: float) -> BatchPublic:
         """Return the batch once every job has ended or timeout_s has passed, blocking in Redis."""
         deadline = time.monotonic() + timeout_s
         while True:
-            statuses = self.statuses(batch)
+            _, statuses = self.snapshot(batch)
             pending = [j for j, s in zip(batch.job_ids, statuses, strict=True) if s and not s.is_terminal]
             left = deadline - time.monotonic()
             if not pending or left <= 0:
-                return self.public(batch, statuses=statuses)
+                return self.public(batch)
             # Block on the first unfinished job's done event; later ones are seen on the next check.
             self.jobs.wait(pending[0], left)
 
     def cancel(self, batch: BatchRecord) -> BatchRecord:
         """Mark the batch cancelled and cancel each job that has not ended (running ones are flagged)."""
         self.r.hset(keys.batch(batch.id), "cancelled", "1")
-        for job_id, status in zip(batch.job_ids, self.statuses(batch), strict=True):
+        for job_id, status in zip(batch.job_ids, self.snapshot(batch)[1], strict=True):
             if status is not None and not status.is_terminal:
                 self.jobs.cancel(job_id)  # one round trip each: the job store owns the transition
-        return BatchRecord(batch.id, batch.tenant, batch.created_at, True, batch.metadata, batch.items)
+        return dataclasses.replace(batch, cancelled=True)
+
+
+def _record(batch_id: str, rec: dict[str, str], items: list[tuple[str, str]]) -> BatchRecord:
+    """Shape a stored batch hash (and its items) as a BatchRecord."""
+    return BatchRecord(
+        id=batch_id,
+        tenant=rec["tenant"],
+        created_at=float(rec["created_at"]),
+        cancelled=bool(rec.get("cancelled")),
+        metadata=json.loads(rec["metadata"]) if rec.get("metadata") else None,
+        items=items,
+        submitted=bool(rec.get("submitted")),
+        started_at=float(rec["started_at"]) if rec.get("started_at") else None,
+        finished_at=float(rec["finished_at"]) if rec.get("finished_at") else None,
+        webhook_deliveries={
+            e: WebhookDelivery.model_validate_json(rec[f"webhook:{e}"])
+            for e in WebhookEvent
+            if f"webhook:{e}" in rec
+        }
+        or None,
+        format=BatchFormat(rec.get("format", BatchFormat.GENQ)),
+    )

@@ -195,6 +195,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return parsed
+
+
 def _jobs(args: argparse.Namespace) -> int:
     """List the caller's recent jobs, newest first, as a table (or the raw list with --json)."""
     client = Client(args.url, api_key=args.api_key)
@@ -248,7 +258,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     client = Client(args.url, api_key=args.api_key)
-    batch = client.create_batch(jsonl=args.file)
+    webhook = {"url": args.webhook, "events": args.webhook_events.split(",")} if args.webhook else None
+    batch = client.create_batch(jsonl=args.file, metadata=args.metadata, webhook=webhook)
     print(f"genq: batch {batch['id']} submitted: {batch['counts']['total']} jobs", file=sys.stderr)
     try:
         batch = _follow_batch(client, batch)
@@ -427,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="submit a JSONL file of jobs as a batch; write the results as JSONL")
     p.add_argument("file", help="one job a line, each with a custom_id (JSON objects)")
     p.add_argument("--out", help="results file (default: stdout); one line per job, in file order")
+    p.add_argument("--metadata", type=_json_object, help="the batch's metadata, a JSON object")
+    p.add_argument("--webhook", metavar="URL", help="POST the batch here when it starts and/or completes")
+    p.add_argument(
+        "--webhook-events",
+        default="completed",
+        help="comma-separated: started, completed (default: completed)",
+    )
     p.set_defaults(func=_batch)
 
     p = sub.add_parser("worker", help="run a worker: one model on one device")

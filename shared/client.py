@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import urllib.error
 import urllib.parse
@@ -34,6 +35,29 @@ def _error(exc: urllib.error.HTTPError) -> GenqError:
     return GenqError(exc.code, err.get("code", "http_error"), err.get("message", str(exc.reason)), payload)
 
 
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key is not None else {}
+
+
+def _multipart(filename: str, content: bytes, fields: dict[str, Any]) -> tuple[bytes, str]:
+    """Encode a file and JSON fields as multipart/form-data; return the body and its content type."""
+    boundary = "genq-" + secrets.token_hex(16)
+    parts = []
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
+            f"Content-Type: application/json\r\n\r\n{json.dumps(value)}\r\n".encode()
+        )
+    safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{safe}"\r\n'
+        "Content-Type: application/x-ndjson\r\n\r\n".encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 class Client:
     """Submit, get, wait for and cancel genq jobs."""
 
@@ -45,14 +69,20 @@ class Client:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _call(
-        self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
+        content_type = {"Content-Type": "application/json"} if data else {}
         req = urllib.request.Request(
             self.base_url + path,
             data=data,
             method=method,
-            headers={**self.headers, **({"Content-Type": "application/json"} if data else {})},
+            headers={**self.headers, **content_type, **(headers or {})},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
@@ -61,11 +91,19 @@ class Client:
             raise _error(exc) from None
 
     def submit(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **params: Any
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        idempotency_key: str | None = None,
+        **params: Any,
     ) -> dict[str, Any]:
-        """Submit a job (prompt or messages, plus any generation parameters); return it queued."""
+        """Submit a job (prompt or messages, plus any generation parameters); return it queued.
+
+        With an idempotency_key, a retry of the same submission returns the first one's job.
+        """
         body = {k: v for k, v in {"prompt": prompt, "messages": messages, **params}.items() if v is not None}
-        return self._call("POST", "/v1/jobs", body)
+        return self._call("POST", "/v1/jobs", body, headers=_idempotency(idempotency_key))
 
     def get(self, job_id: str, wait_s: float = 0) -> dict[str, Any]:
         """Return a job, blocking server-side up to wait_s seconds for it to end."""
@@ -124,12 +162,20 @@ class Client:
         return self._call("GET", "/v1/models")
 
     # --- batches ------------------------------------------------------------
-    def _send(self, method: str, path: str, data: bytes | None, content_type: str, timeout_s: float) -> bytes:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: str,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         req = urllib.request.Request(
             self.base_url + path,
             data=data,
             method=method,
-            headers={**self.headers, "Content-Type": content_type},
+            headers={**self.headers, "Content-Type": content_type, **(headers or {})},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:
@@ -143,21 +189,25 @@ class Client:
         *,
         jsonl: str | Path | None = None,
         metadata: dict[str, Any] | None = None,
+        webhook: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Submit a batch: job requests that each carry a custom_id, or a JSONL file of them."""
+        """Submit a batch: job requests that each carry a custom_id, or a JSONL file of them.
+
+        webhook ({"url": ..., "events": [...]}) is POSTed the batch when its first job starts and
+        when its last one ends. With an idempotency_key, a retry returns the first one's batch.
+        """
         if (requests is None) == (jsonl is None):
             raise ValueError("give exactly one of requests or jsonl")
+        headers = _idempotency(idempotency_key)
+        options = {k: v for k, v in {"metadata": metadata, "webhook": webhook}.items() if v is not None}
         if jsonl is not None:
-            if metadata is not None:
-                raise ValueError("a JSONL upload carries no batch metadata")
-            raw = self._send(
-                "POST", "/v1/batches", Path(jsonl).read_bytes(), "application/x-ndjson", BATCH_SUBMIT_S
-            )
+            data, content_type = Path(jsonl).read_bytes(), "application/x-ndjson"
+            if options:  # a JSONL body has no room for them: send a form, the file beside them
+                data, content_type = _multipart(Path(jsonl).name, data, options)
+            raw = self._send("POST", "/v1/batches", data, content_type, BATCH_SUBMIT_S, headers)
             return json.loads(raw)
-        body: dict[str, Any] = {"requests": requests}
-        if metadata is not None:
-            body["metadata"] = metadata
-        return self._call("POST", "/v1/batches", body, timeout_s=BATCH_SUBMIT_S)
+        return self._call("POST", "/v1/batches", {"requests": requests, **options}, BATCH_SUBMIT_S, headers)
 
     def get_batch(self, batch_id: str, wait_s: float = 0) -> dict[str, Any]:
         """Return a batch (counts; results once done), blocking server-side up to wait_s for it to end."""

@@ -65,6 +65,7 @@ class JobStore:
         deadline: float | None = None,
         tenant: str = DEFAULT_TENANT,
         max_tenant_queued: int = 0,
+        batch_id: str | None = None,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
@@ -86,6 +87,8 @@ class JobStore:
         if request.webhook is not None:  # the state-change scripts schedule its deliveries
             record["webhook_url"] = request.webhook.url
             record["webhook_events"] = ",".join(request.webhook.events)
+        if batch_id is not None:  # its start and end count towards the batch's (shared/scripts.py)
+            record["batch"] = batch_id
         pairs = [str(x) for kv in record.items() for x in kv]
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
@@ -103,6 +106,7 @@ class JobStore:
             metadata=request.metadata,
             priority=request.priority,
             deadline=deadline,
+            batch_id=batch_id,
         )
 
     def list_jobs(
@@ -129,17 +133,17 @@ class JobStore:
                         break
         return found
 
-    def remember_idempotency(self, key: str, fingerprint: str, job_id: str, ttl_s: int) -> dict | None:
-        """Bind an Idempotency-Key to a new job; return the earlier binding if the key was used."""
+    def remember_idempotency(self, key: str, fingerprint: str, target_id: str, ttl_s: int) -> dict | None:
+        """Bind an Idempotency-Key to a new job or batch; return the earlier binding if the key was used."""
         name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
-        value = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
+        value = json.dumps({"id": target_id, "fingerprint": fingerprint})
         if self.r.set(name, value, nx=True, ex=ttl_s):
             return None
         earlier = self.r.get(name)
         return json.loads(earlier) if earlier else None
 
     def forget_idempotency(self, key: str) -> None:
-        """Release a key whose job could not be created."""
+        """Release a key whose job or batch could not be created."""
         self.r.delete(keys.idempotency(hashlib.sha256(key.encode()).hexdigest()))
 
     def raw(self, job_id: str) -> dict[str, str]:
@@ -321,4 +325,5 @@ def to_public(job_id: str, rec: dict[str, str]) -> JobPublic:
         deadline=_float(rec.get("deadline")),
         webhook_deliveries={e: json.loads(rec[f"webhook:{e}"]) for e in WebhookEvent if f"webhook:{e}" in rec}
         or None,
+        batch_id=rec.get("batch"),
     )

@@ -143,10 +143,12 @@ class GenerationParams(BaseModel):
 
 
 class WebhookEvent(StrEnum):
-    """When genq POSTs a job to its webhook."""
+    """When genq POSTs a job (or a batch) to its webhook."""
 
-    STARTED = "started"  # a worker began running it (again, if its first worker died)
-    COMPLETED = "completed"  # it reached a terminal state: succeeded, failed or cancelled
+    # A job: a worker began running it (again, if its first worker died). A batch: its first job did.
+    STARTED = "started"
+    # A job: it reached a terminal state (succeeded, failed or cancelled). A batch: its last job did.
+    COMPLETED = "completed"
 
 
 class Webhook(BaseModel):
@@ -287,6 +289,7 @@ class JobPublic(BaseModel):
     attempts: int = 0  # times a worker started it (more than 1 after a worker died)
     deadline: float | None = None  # Unix seconds; queued past it → expired, running past it → timeout
     webhook_deliveries: dict[WebhookEvent, WebhookDelivery] | None = None  # only for jobs with a webhook
+    batch_id: str | None = None  # the batch it belongs to, if any
 
 
 class JobListQuery(BaseModel):
@@ -368,19 +371,26 @@ class BatchStatus(StrEnum):
     CANCELLED = "cancelled"  # a client cancelled it and every job has ended
 
 
+class BatchFormat(StrEnum):
+    """How a batch's items were written, and so how its results download is written by default."""
+
+    GENQ = "genq"  # genq job requests, each with a custom_id; results are BatchResult lines
+    OPENAI = "openai"  # OpenAI batch input lines; results are OpenAI batch output lines
+
+
 class BatchItem(JobCreate):
     """One job of a batch: a job request plus the caller's id for it (unique within the batch)."""
 
     custom_id: Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS)]
 
 
-class BatchCreate(BaseModel):
-    """POST /v1/batches as JSON: the jobs (each runs at batch priority) and optional metadata."""
+class BatchOptions(BaseModel):
+    """What a batch carries besides its jobs: metadata, and a webhook for the batch as a whole."""
 
     model_config = ConfigDict(extra="forbid")
 
-    requests: Annotated[list[BatchItem], Field(min_length=1)]  # at most GENQ_MAX_BATCH_ITEMS
     metadata: dict[str, Any] | None = None  # echoed back unchanged
+    webhook: Webhook | None = None  # POST the batch there when its first job starts / its last one ends
 
     @field_validator("metadata")
     @classmethod
@@ -390,6 +400,12 @@ class BatchCreate(BaseModel):
         if value is not None:
             _utf8(json.dumps(value, ensure_ascii=False))
         return value
+
+
+class BatchCreate(BatchOptions):
+    """POST /v1/batches as JSON: the jobs (each runs at batch priority), metadata and a webhook."""
+
+    requests: Annotated[list[BatchItem], Field(min_length=1)]  # at most GENQ_MAX_BATCH_ITEMS
 
 
 class BatchCounts(BaseModel):
@@ -420,7 +436,11 @@ class BatchPublic(BaseModel):
     id: str
     object: Literal["batch"] = "batch"
     status: BatchStatus
+    format: BatchFormat = BatchFormat.GENQ  # its items' format: the default of its results download
     created_at: float  # Unix seconds
+    started_at: float | None = None  # when a worker first started one of its jobs
+    finished_at: float | None = None  # when its last job ended
     counts: BatchCounts
     metadata: dict[str, Any] | None = None
     results: list[BatchResult] | None = None
+    webhook_deliveries: dict[WebhookEvent, WebhookDelivery] | None = None  # only for batches with a webhook

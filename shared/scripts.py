@@ -35,8 +35,38 @@ local function notify(job, id, event, now)
   redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
   redis.call('HSET', job, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
 end
+-- A batch's own webhook: the same, keyed by the batch (its events happen once each).
+local function notify_batch(batch, id, event, now)
+  local url, events = unpack(redis.call('HMGET', batch, 'webhook_url', 'webhook_events'))
+  if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
+  local d = {id = id .. ':' .. event, batch_id = id, event = event, attempt = 1, url = url}
+  redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
+  redis.call('HSET', batch, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
+end
+-- A job of a batch started: the first one to do so starts the batch. (A batch whose record is
+-- gone, expired or withdrawn, is never written to again, so no key is left without a TTL.)
+local function batch_started(job, now)
+  local b = redis.call('HGET', job, 'batch')
+  if not b then return end
+  local key = 'genq:batch:' .. b
+  if redis.call('EXISTS', key) == 1 and redis.call('HSETNX', key, 'started_at', now) == 1 then
+    notify_batch(key, b, 'started', now)
+  end
+end
+-- A job of a batch ended (once per job: every caller is a compare-and-set): the last one to do
+-- so ends the batch.
+local function batch_ended(job, now)
+  local b = redis.call('HGET', job, 'batch')
+  if not b then return end
+  local key = 'genq:batch:' .. b
+  if redis.call('EXISTS', key) == 0 then return end
+  if redis.call('HINCRBY', key, 'ended', 1) == tonumber(redis.call('HGET', key, 'total')) then
+    redis.call('HSET', key, 'finished_at', now)
+    notify_batch(key, b, 'completed', now)
+  end
+end
 -- Every terminal transition ends here, once: counted for /metrics (shared/metrics.py), the done
--- event that closes streams and long polls, and the completed webhook.
+-- event that closes streams and long polls, the completed webhook, and the job's batch.
 local function ended(job, events, id, status, now)
   local m = redis.call('HGET', job, 'model')
   redis.call('SADD', 'genq:metrics:models', m)
@@ -44,6 +74,7 @@ local function ended(job, events, id, status, now)
   redis.call('XADD', events, '*', 'type', 'done', 'data', status)
   redis.call('EXPIRE', events, redis.call('TTL', job))
   notify(job, id, 'completed', now)
+  batch_ended(job, now)
 end
 """
 
@@ -70,6 +101,7 @@ redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
 redis.call('EXPIRE', KEYS[2], ttl)
 notify(KEYS[1], ARGV[1], 'started', ARGV[2])
+batch_started(KEYS[1], ARGV[2])
 return 'claimed'
 """
 )

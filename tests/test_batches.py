@@ -184,6 +184,22 @@ def test_multipart_needs_a_file_field(http, store) -> None:
     _nothing_stored(store)
 
 
+def test_multipart_carries_metadata_and_checks_its_fields(http, store) -> None:
+    def upload(**fields: str) -> Any:
+        data = {"file": (io.BytesIO(_jsonl(_items(2))), "jobs.jsonl"), **fields}
+        return http.post("/v1/batches", data=data)
+
+    assert _created(upload(metadata='{"req": "R-1"}'))["metadata"] == {"req": "R-1"}
+    store.r.flushdb()
+    malformed = upload(metadata="{not json")
+    assert malformed.status_code == 400 and "'metadata' field" in malformed.get_json()["error"]["message"]
+    wrong = upload(webhook='{"url": "ftp://x"}')
+    assert wrong.status_code == 422 and wrong.get_json()["error"]["details"][0]["field"] == "webhook.url"
+    nested = upload(metadata='{"a": ' * 10 + "1" + "}" * 10)  # deeper than 8 levels
+    assert nested.status_code == 422 and nested.get_json()["error"]["details"][0]["field"] == "metadata"
+    _nothing_stored(store)
+
+
 def test_cancel_without_a_worker_cancels_every_job(http, store) -> None:
     batch = _created(http.post("/v1/batches", json={"requests": _items(5)}))
     resp = http.post(f"/v1/batches/{batch['id']}/cancel")
@@ -246,6 +262,47 @@ def test_cap_reached_partway_withdraws_what_was_submitted(app, http, store, sett
     assert http.get("/v1/jobs").get_json()["data"] == []
 
 
+# --- idempotency: a retried upload is the same batch ----------------------------
+def test_idempotency_key_returns_the_same_batch(http, store, tmp_path: Path) -> None:
+    key = {"Idempotency-Key": "upload-2026-11-29"}
+    first = _created(http.post("/v1/batches", json={"requests": _items(3)}, headers=key))
+    again = http.post("/v1/batches", json={"requests": _items(3)}, headers=key)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first["id"] and again.headers["Location"].endswith(first["id"])
+    # The same items as JSONL are the same request: still the first batch, nothing stored twice.
+    jsonl = http.post("/v1/batches", data=_jsonl(_items(3)), content_type="application/x-ndjson", headers=key)
+    assert jsonl.status_code == 202 and jsonl.get_json()["id"] == first["id"]
+    assert len(store.r.keys("genq:job:*")) == 3 and _messages(store) == 3
+    other = http.post("/v1/batches", json={"requests": _items(4)}, headers=key)
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_conflict"
+    assert len(store.r.keys("genq:job:*")) == 3
+    # Keys are per endpoint: the same key on /v1/jobs is another request, not a conflict.
+    assert http.post("/v1/jobs", json={"prompt": "x"}, headers=key).status_code == 202
+
+
+def test_idempotency_key_is_released_when_the_batch_is_refused(app, http, store, settings) -> None:
+    key = {"Idempotency-Key": "k"}
+    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 2})
+    _created(http.post("/v1/batches", json={"requests": _items(2)}))
+    assert http.post("/v1/batches", json={"requests": _items(2)}, headers=key).status_code == 429
+    app.extensions["genq"]["settings"] = settings
+    retried = http.post("/v1/batches", json={"requests": _items(2)}, headers=key)
+    assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+    assert len(store.r.keys("genq:job:*")) == 4
+
+
+def test_a_replay_while_the_first_upload_is_still_submitting_is_409(app, http, store, monkeypatch) -> None:
+    from shared.batchstore import BatchStore
+
+    # The first request stored its batch but has not yet submitted every job (or died doing so).
+    monkeypatch.setattr(BatchStore, "submitted", lambda self, batch_id: None)
+    key = {"Idempotency-Key": "k"}
+    _created(http.post("/v1/batches", json={"requests": _items(2)}, headers=key))
+    again = http.post("/v1/batches", json={"requests": _items(2)}, headers=key)
+    assert again.status_code == 409 and "still being processed" in again.get_json()["error"]["message"]
+    assert len(store.r.keys("genq:job:*")) == 2
+
+
 # --- tenants --------------------------------------------------------------------
 @pytest.fixture
 def two_tenants(settings: Settings) -> Any:
@@ -304,7 +361,19 @@ def test_cli_batch_writes_results(start_worker, api_server: str, client: Client,
     source, out = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
     source.write_bytes(_jsonl(_items(4)))
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--url", api_server, "batch", str(source), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "--url",
+            api_server,
+            "batch",
+            str(source),
+            "--out",
+            str(out),
+            "--metadata",
+            '{"req": "R-9"}',
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -318,3 +387,92 @@ def test_cli_batch_writes_results(start_worker, api_server: str, client: Client,
     assert "completed: 4 succeeded" in proc.stderr
     batch_id = re.search(r"batch (batch_[0-9a-f]{32})", proc.stderr).group(1)
     assert client.batch_results(batch_id) == results
+    assert client.get_batch(batch_id)["metadata"] == {"req": "R-9"}  # sent as a multipart field
+
+
+# --- OpenAI batch lines ---------------------------------------------------------
+def _openai_line(custom_id: str, chat: bool = True, **body: Any) -> dict[str, Any]:
+    if chat:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": f"Hi {custom_id}"}], **body}
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    body = {"model": "tiny", "prompt": f"Once {custom_id}", **body}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
+
+
+def test_openai_batch_lines_become_batch_jobs(http, store) -> None:
+    lines = [_openai_line("a", max_tokens=5, temperature=0), _openai_line("b", chat=False, max_tokens=4)]
+    batch = _created(http.post("/v1/batches", data=_jsonl(lines), content_type="application/x-ndjson"))
+    assert batch["format"] == "openai" and batch["counts"]["total"] == 2
+    items = [json.loads(i) for i in store.r.lrange(keys.batch_items(batch["id"]), 0, -1)]
+    first, second = (json.loads(store.r.hget(keys.job(job_id), "request")) for _, job_id in items)
+    assert first["messages"] == [{"role": "user", "content": "Hi a"}] and first["max_new_tokens"] == 5
+    assert first["temperature"] == 0 and first["priority"] == "batch"
+    assert second["prompt"] == "Once b" and second["max_new_tokens"] == 4 and second["seed"] is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ({**_openai_line("a"), "url": "/v1/embeddings"}, "line 1.url"),
+        ({**_openai_line("a"), "method": "GET"}, "line 1.method"),
+        (_openai_line("a", stream=True), "line 1.body.stream"),
+        (_openai_line("a", n=2), "line 1.body.n"),
+        (_openai_line("a", temperature=9), "line 1.body.temperature"),
+        (_openai_line("a", model="gpt-4o-mini"), "line 1.body.model"),
+        (_openai_line("a", max_tokens=10**6), "line 1.body.max_tokens"),
+        (_openai_line("a", logprobs=True), "line 1.body.logprobs"),
+        ({**_openai_line("a"), "body": {"model": "tiny"}}, "line 1.body.messages"),
+        ({**_openai_line("a"), "custom_id": ""}, "line 1.custom_id"),
+    ],
+)
+def test_invalid_openai_lines_are_named_and_nothing_is_stored(http, store, line: Any, field: str) -> None:
+    resp = http.post("/v1/batches", data=_jsonl([line]), content_type="application/x-ndjson")
+    assert resp.status_code == 422, resp.get_json()
+    assert field in [d["field"] for d in resp.get_json()["error"]["details"]], resp.get_json()
+    _nothing_stored(store)
+
+
+def test_a_batch_is_one_format(http, store) -> None:
+    mixed = [_openai_line("a"), {"custom_id": "b", "prompt": "x"}]
+    resp = http.post("/v1/batches", data=_jsonl(mixed), content_type="application/x-ndjson")
+    assert resp.status_code == 422
+    assert resp.get_json()["error"]["details"][0]["field"] == "line 2"
+    _nothing_stored(store)
+
+
+def test_openai_batch_results_parse_as_openai_objects(start_worker, client: Client, tmp_path: Path) -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+
+    start_worker()
+    lines = [
+        _openai_line("chat-1", max_completion_tokens=6, temperature=0, seed=1),
+        _openai_line("text-1", chat=False, max_tokens=5, temperature=0),
+        _openai_line("too-long", messages=[{"role": "user", "content": "word " * 5000}], max_tokens=7000),
+    ]
+    path = tmp_path / "openai.jsonl"
+    path.write_bytes(_jsonl(lines))
+    batch = client.create_batch(jsonl=path)
+    done = client.wait_batch(batch["id"], 120)
+    assert done["status"] == "completed" and done["format"] == "openai"
+    out = client.batch_results(batch["id"])  # the default: the format the lines came in
+    assert [line["custom_id"] for line in out] == ["chat-1", "text-1", "too-long"]
+    by_id = {r["custom_id"]: r for r in done["results"]}
+    chat, text, too_long = out
+    assert chat["response"]["status_code"] == 200 and chat["error"] is None
+    assert chat["response"]["request_id"] == by_id["chat-1"]["job_id"]
+    answer = ChatCompletion.model_validate(chat["response"]["body"])
+    assert answer.choices[0].message.content == by_id["chat-1"]["output"]["text"]
+    assert answer.usage.completion_tokens == by_id["chat-1"]["usage"]["completion_tokens"]
+    completion = Completion.model_validate(text["response"]["body"])
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == by_id["text-1"]["output"]["text"]
+    # A request the model could not run is an error answer in its line, as OpenAI's files have it.
+    assert by_id["too-long"]["status"] == "failed"
+    assert too_long["response"]["status_code"] == 400
+    assert too_long["response"]["body"]["error"]["code"] == "context_length_exceeded"
+    assert chat["id"].startswith("batch_req_") and len({line["id"] for line in out}) == 3
+    raw = client._send("GET", f"/v1/batches/{batch['id']}/results?format=genq", None, "application/json", 30)
+    assert [json.loads(line)["custom_id"] for line in raw.splitlines()] == ["chat-1", "text-1", "too-long"]
+    with pytest.raises(Exception, match="422"):
+        client._send("GET", f"/v1/batches/{batch['id']}/results?format=csv", None, "application/json", 30)

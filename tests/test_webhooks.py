@@ -223,8 +223,9 @@ def stored_job(store: JobStore, url: str, events: list[str]) -> str:
 
 
 def scheduled(store: JobStore) -> list[tuple[str, str]]:
-    """Return the (job id, event) of every delivery waiting in Redis."""
-    return [(d["job_id"], d["event"]) for d in map(json.loads, store.r.zrange(keys.WEBHOOKS_DUE, 0, -1))]
+    """Return the (job or batch id, event) of every delivery waiting in Redis."""
+    due = map(json.loads, store.r.zrange(keys.WEBHOOKS_DUE, 0, -1))
+    return [(d.get("job_id") or d["batch_id"], d["event"]) for d in due]
 
 
 def end_by_finish(store: JobStore, job_id: str) -> None:
@@ -291,6 +292,134 @@ def test_a_delivery_taken_by_a_sender_that_dies_comes_due_again(
     assert other.send_one(now=time.time() + dead.lease_s + 1)  # the lease lapsed: sent
     assert store.get(job_id).webhook_deliveries["completed"].status == "delivered"
     assert len(hook.calls) == 1
+
+
+# --- a batch's own webhook -----------------------------------------------------------------------
+
+
+def batch_delivery(client: Client, batch_id: str, event: str, status: str) -> dict[str, Any]:
+    """Wait until a batch's delivery of this event has reached this status; return the record."""
+
+    def settled() -> dict[str, Any] | None:
+        found = (client.get_batch(batch_id).get("webhook_deliveries") or {}).get(event)
+        return found if found and found["status"] == status else None
+
+    return wait_until(settled, 60, f"the batch's {event} webhook to be {status}", 0.1)  # type: ignore[return-value]
+
+
+def test_a_batch_webhook_fires_once_when_it_starts_and_once_when_it_ends(
+    start_worker, client: Client, receiver, tmp_path
+) -> None:
+    start_worker()
+    hook = receiver()
+    item_hook = receiver()
+    items = [{"custom_id": f"c{i}", "prompt": f"Item {i}:", "max_new_tokens": 4} for i in range(5)]
+    items[0]["webhook"] = {"url": item_hook.url}  # an item's own webhook works beside the batch's
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    # A JSONL file with options goes as multipart: the file plus metadata and webhook fields.
+    batch = client.create_batch(
+        jsonl=path,
+        metadata={"req": "R-7"},
+        webhook={"url": hook.url, "events": ["started", "completed"]},
+    )
+    done = client.wait_batch(batch["id"], 120)
+    assert done["status"] == "completed" and done["counts"]["succeeded"] == 5
+    assert done["started_at"] is not None and done["finished_at"] >= done["started_at"]
+    batch_delivery(client, batch["id"], "completed", "delivered")
+    batch_delivery(client, batch["id"], "started", "delivered")
+    assert [c["event"] for c in hook.calls] == ["started", "completed"]  # once each, in order
+    for call in hook.calls:
+        assert call["valid"] and call["path"] == "/hooks/genq?tenant=t1"
+        body = call["body"]
+        assert body["id"] == batch["id"] and body["object"] == "batch" and body["event"] == call["event"]
+        assert body["metadata"] == {"req": "R-7"} and "results" not in body
+        assert call["delivery"] == f"{batch['id']}:{call['event']}"
+    started, completed = (c["body"] for c in hook.calls)
+    # Each POST carries the batch as it is when sent: with a tiny model it may have ended already.
+    assert started["status"] in ("in_progress", "completed") and started["counts"]["total"] == 5
+    assert completed["status"] == "completed" and completed["counts"]["succeeded"] == 5
+    assert completed["finished_at"] == done["finished_at"]
+    delivery(client, done["results"][0]["job_id"], "completed", "delivered")
+    assert [c["body"]["id"] for c in item_hook.calls] == [done["results"][0]["job_id"]]
+    assert client.get(done["results"][1]["job_id"])["batch_id"] == batch["id"]
+
+
+def test_a_cancelled_batch_sends_completed_once(http, store: JobStore, receiver) -> None:
+    hook = receiver()
+    items = [{"custom_id": f"c{i}", "prompt": "x", "max_new_tokens": 2} for i in range(3)]
+    webhook = {"url": hook.url, "events": ["started", "completed"]}
+    resp = http.post("/v1/batches", json={"requests": items, "webhook": webhook})
+    assert resp.status_code == 202, resp.get_json()
+    batch_id = resp.get_json()["id"]
+    assert scheduled(store) == []  # no worker: nothing has started
+    assert http.post(f"/v1/batches/{batch_id}/cancel").status_code == 200
+    assert scheduled(store) == [(batch_id, "completed")]  # once, though three jobs ended
+    public = http.get(f"/v1/batches/{batch_id}").get_json()
+    assert public["status"] == "cancelled" and public["finished_at"] is not None
+    assert public["started_at"] is None
+    pending = {"status": "pending", "attempts": 0, "last_error": None}
+    assert public["webhook_deliveries"] == {"completed": pending}
+
+
+def test_a_batch_starts_once_and_ends_with_its_last_job(http, store: JobStore) -> None:
+    webhook = {"url": "http://127.0.0.1:9/hook", "events": ["started", "completed"]}
+    items = [{"custom_id": f"c{i}", "prompt": "x", "max_new_tokens": 2} for i in range(3)]
+    batch_id = http.post("/v1/batches", json={"requests": items, "webhook": webhook}).get_json()["id"]
+    jobs = [json.loads(item)[1] for item in store.r.lrange(keys.batch_items(batch_id), 0, -1)]
+    for job_id in jobs:
+        assert store.claim(job_id, "w", "cpu") == "claimed"
+    assert scheduled(store) == [(batch_id, "started")]  # the first claim only
+    for job_id in jobs[:2]:
+        assert store.finish(job_id, Status.SUCCEEDED, holder="w")
+    assert scheduled(store) == [(batch_id, "started")]  # one job is still running
+    assert store.finish(jobs[2], Status.FAILED, holder="w")
+    assert sorted(scheduled(store)) == [(batch_id, "completed"), (batch_id, "started")]
+    assert not store.finish(jobs[2], Status.FAILED, holder="w")  # a job ends once: no second event
+    assert len(scheduled(store)) == 2
+
+
+def test_a_withdrawn_batch_schedules_nothing_and_leaves_no_key(
+    app, http, store: JobStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.batches
+    from api.errors import ApiError
+    from shared.schemas import ErrorCode
+
+    real, calls = api.batches.submit, []
+
+    def refuse_the_third(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise ApiError(429, ErrorCode.QUEUE_FULL, "full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api.batches, "submit", refuse_the_third)
+    items = [{"custom_id": f"c{i}", "prompt": "x", "max_new_tokens": 2} for i in range(4)]
+    webhook = {"url": "http://127.0.0.1:9/hook", "events": ["started", "completed"]}
+    resp = http.post("/v1/batches", json={"requests": items, "webhook": webhook})
+    assert resp.status_code == 429
+    assert scheduled(store) == [] and store.r.keys("genq:batch:*") == []
+
+
+@pytest.mark.parametrize(
+    ("webhook", "overrides", "field", "says"),
+    [
+        ({"url": "http://10.0.0.1/hook"}, {"webhook_allow_private": False}, "webhook.url", "private"),
+        ({"url": "http://127.0.0.1:9/hook"}, {"webhook_secret": ""}, "webhook", "GENQ_WEBHOOK_SECRET"),
+        ({"url": "http://127.0.0.1:9/hook", "events": ["finished"]}, {}, "webhook.events.0", "started"),
+    ],
+)
+def test_batch_webhooks_are_checked_like_job_webhooks(
+    settings: Settings, store: JobStore, webhook: dict, overrides: dict, field: str, says: str
+) -> None:
+    app = create_app(settings.model_copy(update=overrides))
+    body = {"requests": [{"custom_id": "c0", "prompt": "x"}], "webhook": webhook}
+    resp = app.test_client().post("/v1/batches", json=body)
+    assert resp.status_code == 422, resp.get_json()
+    [detail] = resp.get_json()["error"]["details"]
+    assert detail["field"] == field and says in detail["message"], detail
+    assert store.r.keys("genq:job:*") == [] and store.r.keys("genq:batch:*") == []
 
 
 # --- signatures ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Send due webhook deliveries from Redis, with retries; runs in every worker beside the engine.
 
-A job's state change schedules its delivery in Redis (shared/scripts.py), so the engine never
-waits on a receiver. Here, a sender takes one due delivery at a time under a lease (if this worker
-dies mid-POST, the delivery comes due again for any worker), POSTs it, and either settles it or
-schedules the next attempt after an exponential backoff.
+A job's state change schedules its delivery in Redis (shared/scripts.py), and so does the state
+change of a job that starts or ends its batch, so the engine never waits on a receiver. Here, a
+sender takes one due delivery at a time under a lease (if this worker dies mid-POST, the delivery
+comes due again for any worker), POSTs it, and either settles it or schedules the next attempt
+after an exponential backoff.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import redis
 
 from shared import keys, webhooks
+from shared.batchstore import BatchStore
 from shared.jobstore import JobStore, to_public
 from shared.settings import Settings
 
@@ -41,7 +43,7 @@ return due[1]
 """
 
 # Settle an attempt, once: drop the delivery, maybe schedule the next attempt, and note how it
-# went on the job (unless the record has expired). KEYS: due zset, job.
+# went on the job or batch (unless the record has expired). KEYS: due zset, job or batch.
 # ARGV: delivery, next delivery ('' = none), its due time, job field, status JSON.
 SETTLE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -92,7 +94,8 @@ class WebhookSender:
             return False
         try:
             delivery = json.loads(member)
-            job_id, event, attempt = delivery["job_id"], delivery["event"], int(delivery["attempt"])
+            kind = "batch" if "batch_id" in delivery else "job"
+            target, event, attempt = delivery[f"{kind}_id"], delivery["event"], int(delivery["attempt"])
         except (ValueError, KeyError, TypeError):
             log.error("webhook sender: dropping a malformed delivery %r", member[:200])
             self.r.zrem(keys.WEBHOOKS_DUE, member)
@@ -104,13 +107,14 @@ class WebhookSender:
         following = json.dumps({**delivery, "attempt": attempt + 1}, sort_keys=True) if retry else ""
         record = {"status": status, "attempts": attempt, "last_error": outcome.error}
         self._settle(
-            keys=[keys.WEBHOOKS_DUE, keys.job(job_id)],
+            keys=[keys.WEBHOOKS_DUE, keys.batch(target) if kind == "batch" else keys.job(target)],
             args=[member, following, repr(time.time() + after), f"webhook:{event}", json.dumps(record)],
         )
         log.info(
-            "webhook %s of job %s to %s: attempt %d %s%s",
+            "webhook %s of %s %s to %s: attempt %d %s%s",
             event,
-            job_id,
+            kind,
+            target,
             urlsplit(delivery.get("url", "")).hostname,  # the host only: paths may hold tokens
             attempt,
             status,
@@ -119,16 +123,13 @@ class WebhookSender:
         return True
 
     def _attempt(self, delivery: dict[str, Any]) -> Outcome:
-        """POST the job as it is now, signed; never raises for the receiver's faults."""
-        rec = self.store.raw(delivery["job_id"])
-        if not rec:
-            return Outcome(False, "the job's record has expired", final=True)
+        """POST the job or batch as it is now, signed; never raises for the receiver's faults."""
+        body = self._body(delivery)
+        if body is None:
+            kind = "batch" if "batch_id" in delivery else "job"
+            return Outcome(False, f"the {kind}'s record has expired", final=True)
         if not self.settings.webhook_secret:  # another worker, configured, may send it
             return Outcome(False, "GENQ_WEBHOOK_SECRET is not set on this worker")
-        job = to_public(delivery["job_id"], rec)
-        body = json.dumps(
-            {**job.model_dump(mode="json", exclude={"webhook_deliveries"}), "event": delivery["event"]}
-        ).encode()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
@@ -151,3 +152,21 @@ class WebhookSender:
         if 200 <= status < 300:
             return Outcome(True)
         return Outcome(False, f"HTTP {status}")
+
+    def _body(self, delivery: dict[str, Any]) -> bytes | None:
+        """Return what a delivery sends: the job, or the batch without its results, plus the event."""
+        exclude = {"webhook_deliveries"}
+        if "batch_id" in delivery:
+            batches = BatchStore(self.store)
+            batch = batches.get(delivery["batch_id"], None)
+            if batch is None:
+                return None
+            # Results can run to megabytes: receivers fetch them from /v1/batches/{id}/results.
+            public = batches.public(batch, with_results=False)
+            data = public.model_dump(mode="json", exclude=exclude | {"results"})
+        else:
+            rec = self.store.raw(delivery["job_id"])
+            if not rec:
+                return None
+            data = to_public(delivery["job_id"], rec).model_dump(mode="json", exclude=exclude)
+        return json.dumps({**data, "event": delivery["event"]}).encode()

@@ -1,0 +1,90 @@
+"""OpenAI's batch file format: its input lines become genq batch items, its output lines are offered.
+
+An input line is {"custom_id", "method": "POST", "url": "/v1/chat/completions" or "/v1/completions",
+"body"}, the body as that endpoint takes it (one choice, no streaming), checked by the same rules.
+An output line is {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"},
+as in the output file of OpenAI's Batch API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.errors import ApiError
+from api.openai_compat import request_jobs
+from api.openai_replies import OpenAIHTTPError, Reply, failure
+from shared import keys
+from shared.batchstore import MISSING, BatchRecord
+from shared.jobstore import JobStore, to_public
+from shared.schemas import MAX_CUSTOM_ID_CHARS, BatchItem, ErrorCode, ErrorDetail, Status
+from shared.settings import Settings
+
+
+class OpenAIBatchLine(BaseModel):
+    """One line of an OpenAI batch input file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS)]
+    method: Literal["POST"]
+    url: Literal["/v1/chat/completions", "/v1/completions"]
+    body: dict[str, Any]
+
+
+def is_openai_line(data: Any) -> bool:
+    """Return True when a parsed JSONL line is in OpenAI's batch format rather than genq's."""
+    return isinstance(data, dict) and "body" in data and "url" in data
+
+
+def to_item(settings: Settings, line: OpenAIBatchLine) -> BatchItem:
+    """Build the genq batch item an OpenAI line asks for; ApiError (422, the body's field named) if not."""
+    try:
+        req, jobs = request_jobs(settings, line.url, line.body)
+    except OpenAIHTTPError as exc:
+        raise _refused(f"body.{exc.error.param}" if exc.error.param else "body", exc.error.message) from None
+    if req.stream:
+        raise _refused("body.stream", "streaming is not available in a batch")
+    if len(jobs) != 1:
+        raise _refused("body.n", "a batch line makes one choice (n = 1); repeat the line for more")
+    return BatchItem.model_validate(jobs[0].model_dump(mode="json") | {"custom_id": line.custom_id})
+
+
+def _refused(field: str, message: str) -> ApiError:
+    return ApiError(422, ErrorCode.VALIDATION_ERROR, message, [ErrorDetail(field=field, message=message)])
+
+
+def result_lines(store: JobStore, batch: BatchRecord) -> Iterator[str]:
+    """Yield a finished batch's results as OpenAI batch output lines, in submission order."""
+    pipe = store.r.pipeline(transaction=False)
+    for job_id in batch.job_ids:
+        pipe.hgetall(keys.job(job_id))
+    for (custom_id, job_id), rec in zip(batch.items, pipe.execute(), strict=True):
+        line = {"id": "batch_req_" + job_id.removeprefix("job_"), "custom_id": custom_id}
+        yield json.dumps(line | _outcome(job_id, rec), ensure_ascii=False) + "\n"
+
+
+def _outcome(job_id: str, rec: dict[str, str]) -> dict[str, Any]:
+    """Return a line's response and error: an answer, an error answer, or why the request never ran."""
+    if not rec:
+        return {"response": None, "error": {"code": str(MISSING.code), "message": MISSING.message}}
+    job = to_public(job_id, rec)
+    chat = json.loads(rec.get("request") or "{}").get("messages") is not None
+    if job.status is Status.CANCELLED and job.output is None:
+        return {"response": None, "error": {"code": "cancelled", "message": "cancelled before it ran"}}
+    reply = Reply(
+        chat=chat,
+        id=("chatcmpl-" if chat else "cmpl-") + job_id.removeprefix("job_"),
+        created=int(job.finished_at or job.created_at),
+        model=job.model,
+        include_usage=True,
+    )
+    error = failure(job, reply.prompt_param)
+    if error is not None:
+        body: dict[str, Any] = {"error": error.error.model_dump(mode="json")}
+        return {"response": {"status_code": error.status, "request_id": job_id, "body": body}, "error": None}
+    body = reply.complete([job]).model_dump(mode="json")
+    return {"response": {"status_code": 200, "request_id": job_id, "body": body}, "error": None}
