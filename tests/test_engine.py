@@ -489,6 +489,29 @@ def test_engine_thread_serves_jobs_from_other_threads(engine: Engine) -> None:
     assert texts == expected
 
 
+def test_a_worker_computes_on_one_thread_only(settings, tiny_spec: ModelSpec) -> None:
+    from worker.runtime import Runtime
+
+    # A second computing thread (say, a warm-up on the main thread) would keep a second OpenMP
+    # team competing with the engine's for the cores: one sequence ran 1.7x slower on 2 cores.
+    runtime = Runtime(settings, tiny_spec, "cpu")
+    runtime.load()
+    try:
+        assert runtime.engine.submit(job(runtime.engine, "Hello", max_new=4)).result(timeout=60)
+        assert runtime.engine.threads == {"genq-engine"}
+    finally:
+        runtime.stop()
+
+
+def test_a_model_that_cannot_load_fails_load_on_the_callers_thread(settings, tmp_path: Path) -> None:
+    from worker.loader import ModelLoadError
+    from worker.runtime import Runtime
+
+    missing = ModelSpec(name="missing", source=str(tmp_path / "nothing-here"))
+    with pytest.raises(ModelLoadError):
+        Runtime(settings, missing, "cpu").load()
+
+
 def test_failed_step_fails_its_batch_and_the_engine_goes_on(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

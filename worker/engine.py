@@ -107,6 +107,7 @@ class Engine:
         self._last: torch.Tensor | None = None  # [rows] token each row feeds next
         self._seen: torch.Tensor | None = None  # [rows, vocab] tokens each row has seen (repetition penalty)
         self._wake = threading.Event()
+        self.threads: set[str] = set()  # names of the threads that have run steps (a worker: one)
 
     # --- inputs -------------------------------------------------------------
     def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
@@ -158,6 +159,7 @@ class Engine:
 
     def step(self) -> None:
         """Admit waiting jobs, then decode one token for every running job."""
+        self.threads.add(threading.current_thread().name)
         try:
             with torch.inference_mode():
                 self._admit()
