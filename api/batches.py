@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections import Counter
 from typing import Any
 
@@ -15,10 +16,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api import idempotency, openai_batch
 from api.errors import ApiError, validation_details
 from api.routes import wait_arg
-from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, submit
+from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
 from shared import keys
-from shared.batchstore import BatchRecord, BatchStore, new_batch_id
-from shared.jobstore import JobStore, new_job_id
+from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id
+from shared.celery_app import enqueue
+from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
 from shared.schemas import (
     BatchCreate,
     BatchFormat,
@@ -42,6 +44,7 @@ JSONL_TYPES = {
     "application/jsonlines",
 }
 MAX_ERROR_DETAILS = 50  # invalid items named in one 422; the message gives the total
+SUBMIT_GRACE_S = 60  # seconds after which a batch never marked submitted means its request died
 
 
 def _ctx() -> tuple[Settings, JobStore, BatchStore]:
@@ -200,36 +203,32 @@ def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], BatchO
     return jobs, options, fmt
 
 
-def _check_capacity(settings: Settings, store: JobStore, jobs: list[JobCreate], tenant: str) -> None:
-    """Refuse a batch the queued caps cannot take now (429) or ever (413), before storing anything."""
-    caps = [
-        (keys.queued(m), n, settings.max_queued, f"model {m!r}")
-        for m, n in Counter(j.model for j in jobs).items()
-    ]
-    caps.append((keys.tenant_queued(tenant), len(jobs), settings.max_queued_per_tenant, "your tenant"))
-    for key, n, cap, what in caps:
-        if not cap:
-            continue
-        if n > cap:
+def _never_fits(settings: Settings, jobs: list[JobCreate]) -> None:
+    """Refuse (413) a batch larger than a queued cap: it could not be taken even by an empty queue."""
+    caps = [(n, settings.max_queued, f"model {m!r}") for m, n in Counter(j.model for j in jobs).items()]
+    caps.append((len(jobs), settings.max_queued_per_tenant, "your tenant"))
+    for n, cap, what in caps:
+        if cap and n > cap:
             raise _too_large(f"batch has {n} jobs for {what}, whose queued cap is {cap}; split it")
-        if store.r.zcard(key) + n > cap:
-            code = ErrorCode.QUEUE_FULL if key != keys.tenant_queued(tenant) else ErrorCode.TENANT_QUEUE_FULL
-            raise ApiError(
-                429,
-                code,
-                f"{what} cannot take {n} more queued jobs now (cap {cap}); retry later",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
-            )
+
+
+def _full(what: str, cap: int, n: int, code: ErrorCode) -> ApiError:
+    return ApiError(
+        429,
+        code,
+        f"{what} cannot take {n} more queued jobs now (cap {cap}); retry later; nothing was stored",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+    )
 
 
 def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str], tenant: str) -> None:
-    """Undo a partly submitted batch: cancel its jobs, and forget those that never started."""
+    """Undo a stored batch whose messages could not all be sent: cancel its jobs, forget the rest."""
+    batches.delete(batch_id)  # first: its jobs' ends then count towards no batch (no webhook)
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
         if store.cancel(job_id) == "cancelled":
             store.delete(job_id)
             store.r.zrem(keys.tenant_jobs(tenant), job_id)
-    batches.delete(batch_id)
 
 
 @batches_bp.post("/v1/batches")
@@ -270,25 +269,36 @@ def _submit_batch(
     fmt: BatchFormat,
     tenant: str,
 ) -> BatchRecord:
-    """Store the batch, then submit each job; on any failure withdraw it all and raise."""
-    _check_capacity(settings, store, [job for _, job in jobs], tenant)
-    items = [(custom_id, new_job_id()) for custom_id, _ in jobs]
-    record = batches.create(batch_id, tenant, items, options.metadata, options.webhook, fmt)
-    celery = current_app.extensions["genq"]["celery"]
-    submitted: list[str] = []
+    """Store the batch and its jobs in one step, then enqueue each job; on a failure keep nothing."""
+    _never_fits(settings, [job for _, job in jobs])
+    new = [BatchJob(custom_id, new_job_id(), job, deadline_of(settings, job)) for custom_id, job in jobs]
     try:
-        for (_, job), (_, job_id) in zip(jobs, items, strict=True):
-            submit(settings, store, celery, job, tenant, job_id, batch_id)
-            submitted.append(job_id)
-    except ApiError as exc:  # a queued cap filled up since the check: nothing half-submitted remains
-        with contextlib.suppress(Exception):
-            _withdraw(store, batches, batch_id, submitted, tenant)
-        raise ApiError(
-            exc.status, exc.code, f"batch refused, nothing kept: {exc.message}", None, exc.headers
+        record = batches.create(
+            batch_id,
+            tenant,
+            new,
+            options.metadata,
+            options.webhook,
+            fmt,
+            settings.max_queued,
+            settings.max_queued_per_tenant,
+        )
+    except TenantQueueFull:
+        raise _full(
+            "your tenant", settings.max_queued_per_tenant, len(new), ErrorCode.TENANT_QUEUE_FULL
         ) from None
+    except QueueFull as exc:
+        n = sum(j.request.model == str(exc) for j in new)
+        raise _full(f"model {str(exc)!r}", settings.max_queued, n, ErrorCode.QUEUE_FULL) from None
+    celery = current_app.extensions["genq"]["celery"]
+    try:
+        for j in new:
+            enqueue(celery, settings.model(j.request.model).queue, j.job_id, j.request.priority)
     except Exception:
+        # Only Redis failing midway gets here; a job whose message is lost would still be re-sent
+        # by the reconciler, but the client is told "refused", so nothing may run.
         with contextlib.suppress(Exception):
-            _withdraw(store, batches, batch_id, submitted, tenant)
+            _withdraw(store, batches, batch_id, [j.job_id for j in new], tenant)
         raise
     batches.submitted(batch_id)
     return record
@@ -297,7 +307,9 @@ def _submit_batch(
 def _replay(batches: BatchStore, batch_id: str, tenant: str) -> Response:
     """Answer a repeated Idempotency-Key with the batch the first request created, as it is now."""
     batch = batches.get(batch_id, tenant)
-    if batch is None or not batch.submitted:
+    # Not yet marked submitted: its first request is still sending messages (and may yet withdraw
+    # it), or died doing so, long ago; then its jobs are all stored and the reconciler sends them.
+    if batch is None or (not batch.submitted and time.time() - batch.created_at < SUBMIT_GRACE_S):
         raise idempotency.still_processing()
     headers = {"Location": url_for("batches.get_batch", batch_id=batch_id), "Idempotent-Replayed": "true"}
     return _json(batches.public(batch, with_results=False), 202, headers)

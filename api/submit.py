@@ -90,6 +90,11 @@ def check_webhook(settings: Settings, webhook: Webhook) -> None:
         raise _invalid(ErrorCode.WEBHOOK_URL_REFUSED, str(exc), "webhook.url") from None
 
 
+def deadline_of(settings: Settings, job: JobCreate) -> float:
+    """Return a new job's deadline: timeout_s (or the longest allowed) from now, in Unix seconds."""
+    return time.time() + (job.timeout_s or settings.max_job_seconds)
+
+
 def submit(
     settings: Settings,
     store: JobStore,
@@ -97,13 +102,12 @@ def submit(
     job: JobCreate,
     tenant: str,
     job_id: str | None = None,
-    batch_id: str | None = None,
 ) -> JobPublic:
     """Store a checked job, then enqueue it: 429 past either queued cap; never a record without a message."""
     spec = settings.model(job.model)
     assert spec is not None, "check_limits first"
     job_id = job_id or new_job_id()
-    deadline = time.time() + (job.timeout_s or settings.max_job_seconds)
+    deadline = deadline_of(settings, job)
     try:
         public = store.create(
             job_id,
@@ -113,7 +117,6 @@ def submit(
             deadline,
             tenant,
             settings.max_queued_per_tenant,
-            batch_id,
         )
         enqueue(celery, spec.queue, job_id, job.priority)
     except TenantQueueFull:

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from shared import keys
-from shared.jobstore import JobStore
+from shared import keys, scripts
+from shared.jobstore import JobStore, QueueFull, TenantQueueFull, flatten, job_record
 from shared.schemas import (
     BatchCounts,
     BatchFormat,
@@ -18,6 +19,7 @@ from shared.schemas import (
     BatchResult,
     BatchStatus,
     ErrorCode,
+    JobCreate,
     JobError,
     Status,
     Webhook,
@@ -32,6 +34,16 @@ MISSING = JobError(code=ErrorCode.NOT_FOUND, message="the job's record is gone (
 def new_batch_id() -> str:
     """Return a fresh random 128-bit batch id."""
     return "batch_" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One job of a new batch: its custom_id and id, the checked request, and its deadline."""
+
+    custom_id: str
+    job_id: str
+    request: JobCreate  # model already resolved (api/submit.check_limits)
+    deadline: float  # Unix seconds
 
 
 @dataclass(frozen=True)
@@ -62,36 +74,46 @@ class BatchStore:
     def __init__(self, jobs: JobStore) -> None:
         self.jobs = jobs
         self.r = jobs.r
+        self._create = self.r.register_script(scripts.CREATE_BATCH)
 
     def create(
         self,
         batch_id: str,
         tenant: str,
-        items: list[tuple[str, str]],
+        jobs: list[BatchJob],
         metadata: dict[str, Any] | None,
         webhook: Webhook | None = None,
         fmt: BatchFormat = BatchFormat.GENQ,
+        max_queued: int = 0,
+        max_tenant_queued: int = 0,
     ) -> BatchRecord:
-        """Store a batch's record and its items (one transaction); its jobs are submitted after this."""
+        """Store a batch and all its queued jobs in one step (QueueFull past either cap, nothing stored).
+
+        The caller enqueues the jobs' messages after this, then calls submitted().
+        """
         now = time.time()
-        record: dict[str, Any] = {
-            "tenant": tenant,
-            "created_at": repr(now),
-            "total": len(items),
-            "format": fmt.value,
-        }
+        record: dict[str, Any] = {"tenant": tenant, "created_at": repr(now), "total": len(jobs)}
+        record["format"] = fmt.value
         if metadata is not None:
             record["metadata"] = json.dumps(metadata)
         if webhook is not None:  # the jobs' state-change scripts schedule its deliveries
             record["webhook_url"] = webhook.url
             record["webhook_events"] = ",".join(webhook.events)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.batch(batch_id), mapping=record)
-        pipe.rpush(keys.batch_items(batch_id), *(json.dumps(item) for item in items))
-        pipe.expire(keys.batch(batch_id), self.jobs.ttl_s)
-        pipe.expire(keys.batch_items(batch_id), self.jobs.ttl_s)
-        pipe.execute()
-        return BatchRecord(batch_id, tenant, now, False, metadata, list(items), submitted=False, format=fmt)
+        models = Counter(str(j.request.model) for j in jobs)
+        args: list[Any] = [repr(now), self.jobs.ttl_s, max_queued, max_tenant_queued, tenant, len(models)]
+        args += [x for kv in models.items() for x in kv]
+        args += [len(record) * 2, *flatten(record)]
+        args += [len(jobs), *(json.dumps([j.custom_id, j.job_id]) for j in jobs)]
+        for j in jobs:
+            fields = flatten(job_record(str(j.request.model), j.request, now, j.deadline, tenant, batch_id))
+            args += [j.job_id, j.request.model, len(fields), *fields]
+        done = self._create(keys=[keys.batch(batch_id), keys.batch_items(batch_id)], args=args)
+        if done[0] == "full":
+            raise QueueFull(done[1])
+        if done[0] == "tenant_full":
+            raise TenantQueueFull(done[1])
+        items = [(j.custom_id, j.job_id) for j in jobs]
+        return BatchRecord(batch_id, tenant, now, False, metadata, items, submitted=False, format=fmt)
 
     def submitted(self, batch_id: str) -> None:
         """Note that every job of the batch has been submitted (idempotent replays wait for this)."""

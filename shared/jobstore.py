@@ -65,31 +65,11 @@ class JobStore:
         deadline: float | None = None,
         tenant: str = DEFAULT_TENANT,
         max_tenant_queued: int = 0,
-        batch_id: str | None = None,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
-        body = request.model_dump(mode="json", exclude={"metadata", "webhook"})
-        body["model"] = model
-        record: dict[str, Any] = {
-            "status": Status.QUEUED.value,
-            "model": model,
-            "created_at": repr(now),
-            "tenant": tenant,
-            "request": json.dumps(body),
-            "attempts": 0,
-            "priority": request.priority.value,
-        }
-        if deadline is not None:
-            record["deadline"] = repr(deadline)
-        if request.metadata is not None:
-            record["metadata"] = json.dumps(request.metadata)
-        if request.webhook is not None:  # the state-change scripts schedule its deliveries
-            record["webhook_url"] = request.webhook.url
-            record["webhook_events"] = ",".join(request.webhook.events)
-        if batch_id is not None:  # its start and end count towards the batch's (shared/scripts.py)
-            record["batch"] = batch_id
-        pairs = [str(x) for kv in record.items() for x in kv]
+        record = job_record(model, request, now, deadline, tenant)
+        pairs = flatten(record)
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
             args=[job_id, max_queued, repr(now), self.ttl_s, max_tenant_queued, *pairs],
@@ -106,7 +86,6 @@ class JobStore:
             metadata=request.metadata,
             priority=request.priority,
             deadline=deadline,
-            batch_id=batch_id,
         )
 
     def list_jobs(
@@ -293,6 +272,43 @@ class JobStore:
         if dead:
             self.r.srem(keys.WORKERS, *dead)
         return [{"id": w, **json.loads(v)} for w, v in zip(ids, values, strict=True) if v is not None]
+
+
+def job_record(
+    model: str,
+    request: JobCreate,
+    now: float,
+    deadline: float | None,
+    tenant: str,
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """Return the stored record (a hash's fields) of a new queued job."""
+    body = request.model_dump(mode="json", exclude={"metadata", "webhook"})
+    body["model"] = model
+    record: dict[str, Any] = {
+        "status": Status.QUEUED.value,
+        "model": model,
+        "created_at": repr(now),
+        "tenant": tenant,
+        "request": json.dumps(body),
+        "attempts": 0,
+        "priority": request.priority.value,
+    }
+    if deadline is not None:
+        record["deadline"] = repr(deadline)
+    if request.metadata is not None:
+        record["metadata"] = json.dumps(request.metadata)
+    if request.webhook is not None:  # the state-change scripts schedule its deliveries
+        record["webhook_url"] = request.webhook.url
+        record["webhook_events"] = ",".join(request.webhook.events)
+    if batch_id is not None:  # its start and end count towards the batch's (shared/scripts.py)
+        record["batch"] = batch_id
+    return record
+
+
+def flatten(record: dict[str, Any]) -> list[str]:
+    """Return a hash's fields as the flat field, value, ... list that HSET and the scripts take."""
+    return [str(x) for kv in record.items() for x in kv]
 
 
 def _loads(value: str | None) -> Any:

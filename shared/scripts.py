@@ -15,6 +15,52 @@ redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 'ok'
 """
 
+# A batch and all its jobs, stored in one step or not at all: the queued caps are checked for the
+# whole batch first, so no partial batch is ever stored (its messages are enqueued after this).
+# KEYS: batch, batch items. ARGV: now, ttl, max queued per model, max queued per tenant (0 = no
+# limit), tenant, then counted groups: models (name, jobs), batch fields (pairs), items (JSON),
+# and last every job as id, model, field count, fields (pairs).
+CREATE_BATCH = """
+local now, ttl, tenant = ARGV[1], ARGV[2], ARGV[5]
+local max_model, max_tenant = tonumber(ARGV[3]), tonumber(ARGV[4])
+local i = 6
+local total = 0
+for _ = 1, tonumber(ARGV[i]) do
+  local m, n = ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 2
+  total = total + n
+  if max_model > 0 and redis.call('ZCARD', 'genq:queued:' .. m) + n > max_model then return {'full', m} end
+end
+i = i + 1
+if max_tenant > 0 and redis.call('ZCARD', 'genq:tqueued:' .. tenant) + total > max_tenant then
+  return {'tenant_full', tenant}
+end
+local n = tonumber(ARGV[i])
+redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + n))
+redis.call('EXPIRE', KEYS[1], ttl)
+i = i + n + 1
+n = tonumber(ARGV[i])
+for first = i + 1, i + n, 500 do  -- in slices: unpack() has a stack limit
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 499, i + n)))
+end
+redis.call('EXPIRE', KEYS[2], ttl)
+i = i + n + 1
+local jobs = 'genq:tjobs:' .. tenant
+while i <= #ARGV do
+  local id, m, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local job = 'genq:job:' .. id
+  redis.call('HSET', job, unpack(ARGV, i + 3, i + 2 + nf))
+  redis.call('EXPIRE', job, ttl)
+  redis.call('ZADD', 'genq:queued:' .. m, now, id)
+  redis.call('ZADD', 'genq:tqueued:' .. tenant, now, id)
+  redis.call('ZADD', jobs, now, id)
+  i = i + 3 + nf
+end
+redis.call('ZREMRANGEBYSCORE', jobs, '-inf', tonumber(now) - tonumber(ttl))
+redis.call('EXPIRE', jobs, ttl)
+return {'ok'}
+"""
+
 # Leaving the queued state: drop the job from its model's and its tenant's queued sets.
 _UNQUEUE = """
 local function unqueue(job, id)

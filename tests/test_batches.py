@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -251,15 +252,44 @@ def test_queued_caps_refuse_the_whole_batch(app, http, store, settings: Settings
     assert tenant_full.status_code == 429 and tenant_full.get_json()["error"]["code"] == "tenant_queue_full"
 
 
-def test_cap_reached_partway_withdraws_what_was_submitted(app, http, store, settings, monkeypatch) -> None:
-    # As if another client filled the queue between the capacity check and the last job.
-    monkeypatch.setattr(api.batches, "_check_capacity", lambda *args: None)
+def test_a_batch_is_stored_whole_or_not_at_all(app, http, store, settings: Settings) -> None:
+    # The caps are checked for every model of the batch, in the same step that stores it: a full
+    # model refuses the batch, and its jobs for the other model are not stored either.
     app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 3})
+    for _ in range(2):
+        assert (
+            http.post("/v1/jobs", json={"prompt": "x", "model": "smollm2-135m-instruct"}).status_code == 202
+        )
+    mixed = _items(2) + _items(2, model="smollm2-135m-instruct")
+    mixed = [{**item, "custom_id": f"m{i}"} for i, item in enumerate(mixed)]
+    resp = http.post("/v1/batches", json={"requests": mixed})
+    assert resp.status_code == 429 and "nothing was stored" in resp.get_json()["error"]["message"]
+    assert (
+        resp.get_json()["error"]["code"] == "queue_full" and "smollm2" in resp.get_json()["error"]["message"]
+    )
+    assert len(store.r.keys("genq:job:*")) == 2 and store.r.keys("genq:batch:*") == []
+    assert store.r.zcard(keys.queued("tiny")) == 0
+
+
+def test_a_failed_enqueue_withdraws_the_whole_batch(app, http, store, monkeypatch) -> None:
+    import redis
+
+    real, sent = api.batches.enqueue, []
+
+    def fail_on_the_third(*args: Any) -> None:
+        if len(sent) == 2:
+            raise redis.ConnectionError("Redis went away")  # as if it died mid-batch
+        sent.append(args)
+        real(*args)
+
+    monkeypatch.setattr(api.batches, "enqueue", fail_on_the_third)
     resp = http.post("/v1/batches", json={"requests": _items(5)})
-    assert resp.status_code == 429 and "nothing kept" in resp.get_json()["error"]["message"]
+    assert resp.status_code == 503
     assert store.r.keys("genq:job:*") == [] and store.r.keys("genq:batch:*") == []
     assert store.r.zcard(keys.queued("tiny")) == 0 and store.r.keys("genq:tjobs:*") == []
     assert http.get("/v1/jobs").get_json()["data"] == []
+    # The two messages already sent find no job: a worker drops them (tests/test_guarantees.py).
+    assert _messages(store) == 2
 
 
 # --- idempotency: a retried upload is the same batch ----------------------------
@@ -291,16 +321,23 @@ def test_idempotency_key_is_released_when_the_batch_is_refused(app, http, store,
     assert len(store.r.keys("genq:job:*")) == 4
 
 
-def test_a_replay_while_the_first_upload_is_still_submitting_is_409(app, http, store, monkeypatch) -> None:
+def test_a_replay_while_the_first_upload_is_still_submitting_is_409(http, store, monkeypatch) -> None:
     from shared.batchstore import BatchStore
 
-    # The first request stored its batch but has not yet submitted every job (or died doing so).
+    # The first request stored its batch but has not yet sent every message (or died doing so).
     monkeypatch.setattr(BatchStore, "submitted", lambda self, batch_id: None)
     key = {"Idempotency-Key": "k"}
     _created(http.post("/v1/batches", json={"requests": _items(2)}, headers=key))
     again = http.post("/v1/batches", json={"requests": _items(2)}, headers=key)
     assert again.status_code == 409 and "still being processed" in again.get_json()["error"]["message"]
     assert len(store.r.keys("genq:job:*")) == 2
+    # A minute on, its request is dead, not slow: its jobs were all stored in one step, so the
+    # batch stands (the reconciler sends any message it lacks) and the replay returns it.
+    [batch_key] = [k for k in store.r.keys("genq:batch:*") if not k.endswith(":items")]
+    store.r.hset(batch_key, "created_at", repr(time.time() - 61))
+    later = http.post("/v1/batches", json={"requests": _items(2)}, headers=key)
+    assert later.status_code == 202 and later.headers["Idempotent-Replayed"] == "true"
+    assert "batch:" + later.get_json()["id"] in batch_key and len(store.r.keys("genq:job:*")) == 2
 
 
 # --- tenants --------------------------------------------------------------------

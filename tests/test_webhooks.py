@@ -380,25 +380,26 @@ def test_a_batch_starts_once_and_ends_with_its_last_job(http, store: JobStore) -
 
 
 def test_a_withdrawn_batch_schedules_nothing_and_leaves_no_key(
-    app, http, store: JobStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    http, store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import redis
+
     import api.batches
-    from api.errors import ApiError
-    from shared.schemas import ErrorCode
 
-    real, calls = api.batches.submit, []
+    real, sent = api.batches.enqueue, []
 
-    def refuse_the_third(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 3:
-            raise ApiError(429, ErrorCode.QUEUE_FULL, "full")
-        return real(*args, **kwargs)
+    def fail_on_the_third(*args: Any) -> None:
+        if len(sent) == 2:
+            raise redis.ConnectionError("Redis went away")
+        sent.append(args)
+        real(*args)
 
-    monkeypatch.setattr(api.batches, "submit", refuse_the_third)
+    monkeypatch.setattr(api.batches, "enqueue", fail_on_the_third)
     items = [{"custom_id": f"c{i}", "prompt": "x", "max_new_tokens": 2} for i in range(4)]
     webhook = {"url": "http://127.0.0.1:9/hook", "events": ["started", "completed"]}
     resp = http.post("/v1/batches", json={"requests": items, "webhook": webhook})
-    assert resp.status_code == 429
+    assert resp.status_code == 503
+    # Its four jobs were cancelled, yet the batch, withdrawn, neither completes nor comes back.
     assert scheduled(store) == [] and store.r.keys("genq:batch:*") == []
 
 
