@@ -12,8 +12,9 @@ from api.metrics import metrics_bp
 from api.openai_compat import openai_bp
 from api.routes import bp
 from shared.celery_app import make_celery
-from shared.jobstore import JobStore, connect
+from shared.jobstore import JobStore
 from shared.logs import setup_logging
+from shared.redisconn import connect
 from shared.settings import Settings
 
 
@@ -26,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["genq"] = {
         "settings": settings,
-        "store": JobStore(connect(settings.redis_url), settings.result_ttl),
+        "store": JobStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl),
         "celery": make_celery(settings),
     }
     register_error_handlers(app)

@@ -14,6 +14,7 @@ from flask_limiter import Limiter
 
 from api.errors import ApiError
 from shared.jobstore import DEFAULT_TENANT
+from shared.redisconn import is_sentinel, limiter_uri
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
@@ -113,13 +114,16 @@ def install_auth(app: Flask, settings: Settings) -> None:
         g.tenant = tenant
 
     if settings.rate_limit:
+        # With Sentinels, the URL's password is the master's: none is sent to the Sentinels.
+        sentinel = {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
         # Counters live in Redis, so the limit holds across every API process and host.
         Limiter(
             key_func=lambda: f"tenant:{g.get('tenant', DEFAULT_TENANT)}",
             app=app,
             default_limits=[settings.rate_limit],
             default_limits_exempt_when=lambda: not request.path.startswith("/v1/"),
-            storage_uri=settings.redis_url,
+            storage_uri=limiter_uri(settings.redis_url, settings.redis_sentinel_master),
+            storage_options=sentinel,
             strategy="fixed-window",  # 2 Redis calls per request; moving windows cost 5-10,
             headers_enabled=False,  # window stats cost several Redis calls per request
             swallow_errors=True,  # Redis down: the routes answer 503 themselves

@@ -31,7 +31,8 @@ import psutil
 import redis
 
 from shared.client import Client
-from shared.jobstore import JobStore, connect
+from shared.jobstore import JobStore
+from shared.redisconn import connect
 from shared.settings import default_catalog
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from shared.redisconn import is_sentinel
 from shared.schemas import Priority
 from shared.settings import Settings
 
@@ -33,6 +34,9 @@ def enqueue(app: Celery, queue: str, job_id: str, priority: Priority, attempt: i
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings; no result backend (the job store holds results)."""
     app = Celery("genq", broker=settings.redis_url)
+    transport: dict[str, object] = {"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS}
+    if is_sentinel(settings.redis_url):  # kombu asks the Sentinels for this master
+        transport["master_name"] = settings.redis_sentinel_master
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],  # a pickled message is refused, never executed
@@ -51,6 +55,6 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=True,
         # visibility_timeout (seconds) is Celery's default; genq's own leases requeue a dead
         # worker's jobs long before it, and duplicate deliveries are refused by the job store.
-        broker_transport_options={"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS},
+        broker_transport_options=transport,
     )
     return app

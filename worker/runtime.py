@@ -17,8 +17,9 @@ from typing import Any
 import redis
 from celery import Celery
 
-from shared.jobstore import JobStore, connect
+from shared.jobstore import JobStore
 from shared.metrics import record_job
+from shared.redisconn import connect
 from shared.schemas import ErrorCode, FinishReason, JobCreate, Status
 from shared.settings import CRASH_MARKER, ModelSpec, Settings
 from worker.engine import Engine, GenerationError, Hooks, Request
@@ -62,7 +63,9 @@ class Runtime:
         self.settings = settings
         self.spec = spec
         self.device = device
-        self.store = JobStore(connect(settings.redis_url), settings.result_ttl)
+        self.store = JobStore(
+            connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl
+        )
         self.host = socket.gethostname()
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
