@@ -181,10 +181,7 @@ def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], BatchO
             message = f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}"
             details.append(ErrorDetail(field="metadata", message=message))
     if options.webhook is not None:
-        try:
-            check_webhook(settings, options.webhook)
-        except ApiError as exc:
-            details += exc.details or []
+        check_webhook(settings, options.webhook)  # the batch's own: its error code as for a job's
     seen: dict[str, str] = {}
     jobs: list[tuple[str, JobCreate]] = []
     for label, item in items:

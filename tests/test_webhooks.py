@@ -404,22 +404,42 @@ def test_a_withdrawn_batch_schedules_nothing_and_leaves_no_key(
 
 
 @pytest.mark.parametrize(
-    ("webhook", "overrides", "field", "says"),
+    ("webhook", "overrides", "field", "says", "code"),
     [
-        ({"url": "http://10.0.0.1/hook"}, {"webhook_allow_private": False}, "webhook.url", "private"),
-        ({"url": "http://127.0.0.1:9/hook"}, {"webhook_secret": ""}, "webhook", "GENQ_WEBHOOK_SECRET"),
-        ({"url": "http://127.0.0.1:9/hook", "events": ["finished"]}, {}, "webhook.events.0", "started"),
+        (
+            {"url": "http://10.0.0.1/hook"},
+            {"webhook_allow_private": False},
+            "webhook.url",
+            "private",
+            "webhook_url_refused",
+        ),
+        (
+            {"url": "http://127.0.0.1:9/hook"},
+            {"webhook_secret": ""},
+            "webhook",
+            "GENQ_WEBHOOK_SECRET",
+            "webhooks_disabled",
+        ),
+        (
+            {"url": "http://127.0.0.1:9/hook", "events": ["finished"]},
+            {},
+            "webhook.events.0",
+            "started",
+            "validation_error",
+        ),
     ],
 )
 def test_batch_webhooks_are_checked_like_job_webhooks(
-    settings: Settings, store: JobStore, webhook: dict, overrides: dict, field: str, says: str
+    settings: Settings, store: JobStore, webhook: dict, overrides: dict, field: str, says: str, code: str
 ) -> None:
     app = create_app(settings.model_copy(update=overrides))
     body = {"requests": [{"custom_id": "c0", "prompt": "x"}], "webhook": webhook}
     resp = app.test_client().post("/v1/batches", json=body)
     assert resp.status_code == 422, resp.get_json()
-    [detail] = resp.get_json()["error"]["details"]
+    error = resp.get_json()["error"]
+    [detail] = error["details"]
     assert detail["field"] == field and says in detail["message"], detail
+    assert error["code"] == code
     assert store.r.keys("genq:job:*") == [] and store.r.keys("genq:batch:*") == []
 
 
