@@ -56,7 +56,7 @@ class BatchRecord:
     cancelled: bool
     metadata: dict[str, Any] | None
     items: list[tuple[str, str]]
-    submitted: bool = True  # False while its jobs are still being submitted
+    submitted: bool = True  # False until every job's message has been sent
     started_at: float | None = None
     finished_at: float | None = None
     webhook_deliveries: dict[WebhookEvent, WebhookDelivery] | None = None
