@@ -139,7 +139,7 @@ class JobStore:
         """Remove a job whose enqueue failed, so that no record claims it exists."""
         model = self.r.hget(keys.job(job_id), "model")
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(keys.job(job_id), keys.events(job_id))
+        pipe.delete(keys.job(job_id), keys.events(job_id), keys.ended(job_id))
         if model:
             pipe.zrem(keys.queued(model), job_id)
         pipe.execute()
@@ -233,12 +233,18 @@ class JobStore:
                     return
 
     def wait(self, job_id: str, timeout_s: float, tenant: str | None = None) -> JobPublic | None:
-        """Return the job once it has ended or timeout_s has passed, blocking in Redis, not polling."""
+        """Return the job once it has ended or timeout_s has passed, blocking in Redis, not polling.
+
+        It blocks on the job's ended stream, written once by the step that ends the job, so a
+        long poll wakes once, not at every token.
+        """
         job = self.get(job_id, tenant)
         if job is None or job.status.is_terminal or timeout_s <= 0:
             return job
-        for event in self.events(job_id, timeout_s=timeout_s):
-            if event.get("type") == EVENT_DONE:
+        deadline = time.monotonic() + timeout_s
+        while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+            # From the start of the stream: an end written before this call is seen at once.
+            if self.r.xread({keys.ended(job_id): "0-0"}, count=1, block=min(left_ms, BLOCK_SLICE_MS)):
                 break
         return self.get(job_id, tenant)
 

@@ -20,6 +20,11 @@ def events(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def ended(job_id: str) -> str:
+    """Return the key of a job's end: a stream of one entry, its final status (long polls block on it)."""
+    return f"{PREFIX}:job:{job_id}:ended"
+
+
 def queued(model: str) -> str:
     """Return the zset of a model's queued job ids, scored by when they were (re)queued."""
     return f"{PREFIX}:queued:{model}"

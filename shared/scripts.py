@@ -112,13 +112,18 @@ local function batch_ended(job, now)
   end
 end
 -- Every terminal transition ends here, once: counted for /metrics (shared/metrics.py), the done
--- event that closes streams and long polls, the completed webhook, and the job's batch.
+-- event that closes streams, the ended entry that wakes long polls (they skip the token events),
+-- the completed webhook, and the job's batch.
 local function ended(job, events, id, status, now)
   local m = redis.call('HGET', job, 'model')
+  local ttl = redis.call('TTL', job)
   redis.call('SADD', 'genq:metrics:models', m)
   redis.call('HINCRBY', 'genq:metrics:jobs:' .. m, status, 1)
   redis.call('XADD', events, '*', 'type', 'done', 'data', status)
-  redis.call('EXPIRE', events, redis.call('TTL', job))
+  redis.call('EXPIRE', events, ttl)
+  local over = 'genq:job:' .. id .. ':ended'
+  redis.call('XADD', over, '*', 'status', status)
+  redis.call('EXPIRE', over, ttl)
   notify(job, id, 'completed', now)
   batch_ended(job, now)
 end

@@ -153,3 +153,31 @@ def test_accepted_job_whose_message_was_lost_still_runs(
     start_worker()
     done = client.wait(job_id, 30)
     assert done["status"] == "succeeded"
+
+
+# --- long polls -----------------------------------------------------------------
+def _xreads(store: JobStore) -> int:
+    return int(store.r.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+
+
+def test_a_long_poll_wakes_when_the_job_ends_not_at_each_token(store: JobStore) -> None:
+    import threading
+
+    job_id = new_job_id()
+    store.create(job_id, "tiny", JobCreate(prompt="x", model="tiny"))
+    assert store.claim(job_id, "w", "cpu") == "claimed"
+    seen: list = []
+    before = _xreads(store)
+    poll = threading.Thread(target=lambda: seen.append(store.wait(job_id, 30)))
+    poll.start()
+    for i in range(200):
+        store.publish_tokens({job_id: f"t{i} "})
+    time.sleep(0.3)
+    assert not seen  # tokens do not end it
+    assert store.finish(job_id, Status.SUCCEEDED, holder="w")
+    poll.join(5)
+    assert seen and seen[0].status is Status.SUCCEEDED
+    assert _xreads(store) - before <= 3  # one blocking read (plus a slice or two), not one per token
+    # A job that has already ended answers at once, from the same ended entry.
+    t0 = time.monotonic()
+    assert store.wait(job_id, 30).status is Status.SUCCEEDED and time.monotonic() - t0 < 1

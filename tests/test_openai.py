@@ -304,7 +304,7 @@ def test_queue_full_is_429_and_no_choice_is_left_queued(settings: Settings, stor
     error = _error(resp, 429)
     assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
     assert resp.headers["Retry-After"]
-    records = [k for k in store.r.keys("genq:job:*") if not k.endswith(":events")]
+    records = [k for k in store.r.keys("genq:job:*") if k.count(":") == 2]  # not :events, :ended
     statuses = [store.get(k.removeprefix("genq:job:")).status.value for k in records]
     assert sorted(statuses) == ["cancelled", "queued"]  # the fill job, and the choice that fitted
 
