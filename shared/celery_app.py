@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
+from kombu.transport import redis as kombu_redis
 
 from shared.redisconn import is_sentinel
 from shared.schemas import Priority
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TASK_GENERATE = "genq.generate"  # the one task: run the job whose id it carries
 # kombu's Redis transport keeps one list per priority step and pops lower numbers first.
@@ -31,8 +37,26 @@ def enqueue(app: Celery, queue: str, job_id: str, priority: Priority, attempt: i
     )
 
 
+_kombu_restore_unacked = kombu_redis.QoS.restore_unacked
+
+
+def _restore_unacked(self: Any, client: Any = None) -> Any:
+    """kombu's QoS.restore_unacked, except on a channel whose connection is already closed."""
+    if client is None and self.channel.connection.client is None:
+        # HACK: kombu 5.7 closes a channel after its connection when the broker is lost (say, the
+        # Redis master dies in a Sentinel failover); restoring then raises AttributeError, which
+        # Celery reports as an unrecoverable error, and the worker stops consuming. The messages
+        # stay in kombu's unacked hash, which kombu restores after its visibility_timeout; a
+        # duplicate delivery is then refused by the job store (a worker starts only queued jobs).
+        log.warning("broker lost: %d unacknowledged message(s) left to kombu's restore", len(self._delivered))
+        self._delivered.clear()
+        return None
+    return _kombu_restore_unacked(self, client)
+
+
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings; no result backend (the job store holds results)."""
+    kombu_redis.QoS.restore_unacked = _restore_unacked  # idempotent; see _restore_unacked
     app = Celery("genq", broker=settings.redis_url)
     transport: dict[str, object] = {"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS}
     if is_sentinel(settings.redis_url):  # kombu asks the Sentinels for this master

@@ -8,6 +8,7 @@ RUNNING = f"{PREFIX}:running"  # zset: running job id → lease expiry (Unix sec
 RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one reconciler at a time across the fleet
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"  # zset: webhook delivery (JSON) → when it is due (Unix seconds)
 UNACKED = "unacked"  # kombu's hash of delivered, not yet acked messages
+UNACKED_INDEX = "unacked_index"  # kombu's zset: delivery tag → when it was delivered (Unix seconds)
 
 
 def job(job_id: str) -> str:

@@ -155,6 +155,27 @@ def test_accepted_job_whose_message_was_lost_still_runs(
     assert done["status"] == "succeeded"
 
 
+def test_a_message_stuck_unacked_past_a_lease_is_resent(store: JobStore, settings: Settings) -> None:
+    # As after a Redis failover: the message sits in kombu's unacked hash, delivered to a worker
+    # whose connection died, while its job is still queued.
+    job_id = new_job_id()
+    store.create(job_id, "tiny", JobCreate(prompt="x"))
+    app = make_celery(settings)
+    store.r.zadd(keys.queued("tiny"), {job_id: time.time() - 2 * settings.lease_seconds}, xx=True)
+    fresh = {"tag-fresh": time.time()}
+    store.r.hset(keys.UNACKED, "tag-old", f'[{{"body": "{job_id}"}}, "", "genq.tiny"]')
+    store.r.zadd(keys.UNACKED_INDEX, {"tag-old": time.time() - 2 * settings.lease_seconds})
+    assert Reconciler(store, app, settings).sweep()["resent"] == 1
+    assert _messages(store) == 1
+    # Delivered within the last lease, it counts as held by a live worker: nothing is re-sent.
+    other = new_job_id()
+    store.create(other, "tiny", JobCreate(prompt="y"))
+    store.r.zadd(keys.queued("tiny"), {other: time.time() - 2 * settings.lease_seconds}, xx=True)
+    store.r.hset(keys.UNACKED, "tag-fresh", f'[{{"body": "{other}"}}, "", "genq.tiny"]')
+    store.r.zadd(keys.UNACKED_INDEX, fresh)
+    assert Reconciler(store, app, settings).sweep().get("resent", 0) == 0
+
+
 # --- long polls -----------------------------------------------------------------
 def _xreads(store: JobStore) -> int:
     return int(store.r.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))

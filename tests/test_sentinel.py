@@ -152,9 +152,9 @@ def test_a_failover_loses_no_accepted_job(
         assert master.wait(1, 5000) == 1  # the replica holds everything so far
         cluster.procs["master"].send_signal(signal.SIGKILL)
         wait_until(lambda: cluster.master_port_now() == cluster.replica_port, 60, "the failover", 0.2)
-        # Both reconnect by themselves: to the new master, found through the Sentinel.
+        # Both follow by themselves: to the new master, found through the Sentinel.
         after = client.wait(client.submit("After", max_new_tokens=4)["id"], 120)
-        assert after["status"] == "succeeded" and after["worker"] == before["worker"]
+        assert after["status"] == "succeeded" and after["worker"] == before["worker"], after
         assert client.get(before["id"])["output"] == before["output"]  # replicated before the failover
         new_master = redis.Redis(port=cluster.replica_port, decode_responses=True)
         assert new_master.hget(f"genq:job:{after['id']}", "status") == "succeeded"

@@ -70,14 +70,22 @@ class Reconciler:
         return counts
 
     def _in_broker(self) -> set[str]:
-        """Return the job ids that have a message waiting in a queue or held unacked by a worker."""
+        """Return the job ids that have a message waiting in a queue, or delivered to a worker
+        within the last lease and not yet acked."""
         pipe = self.r.pipeline(transaction=False)
         for spec in self.settings.models:
             for name in queue_lists(spec.queue):
                 pipe.lrange(name, 0, -1)
-        pipe.hvals(keys.UNACKED)
+        # A worker claims a job as soon as its message arrives; a message delivered a lease ago
+        # whose job is still queued was lost with its worker's connection (a dead worker, a
+        # Redis failover) and waits for kombu's one-hour visibility timeout. Re-send it instead:
+        # whichever copy arrives second is refused by the job store.
+        pipe.zrangebyscore(keys.UNACKED_INDEX, time.time() - self.settings.lease_seconds, "+inf")
+        *lists, recent = pipe.execute()
+        if recent:
+            lists.append([m for m in self.r.hmget(keys.UNACKED, recent) if m])
         found: set[str] = set()
-        for messages in pipe.execute():
+        for messages in lists:
             for message in messages:
                 found.update(JOB_ID.findall(message))
         return found
