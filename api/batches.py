@@ -9,13 +9,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
-from pydantic import BaseModel, ValidationError
+from flask import Blueprint, Response, current_app, g, request, url_for
+from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import idempotency, openai_batch
-from api.errors import ApiError, validation_details
-from api.routes import wait_arg
+from api.errors import ApiError, invalid, validation_details
+from api.routes import json_response, wait_arg
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
 from shared import keys
 from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id
@@ -50,13 +50,6 @@ SUBMIT_GRACE_S = 60  # seconds after which a batch never marked submitted means 
 def _ctx() -> tuple[Settings, JobStore, BatchStore]:
     ext = current_app.extensions["genq"]
     return ext["settings"], ext["store"], BatchStore(ext["store"])
-
-
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    resp = jsonify(model.model_dump(mode="json"))
-    resp.status_code = status
-    resp.headers.update(headers or {})
-    return resp
 
 
 def _too_large(message: str) -> ApiError:
@@ -253,7 +246,7 @@ def create_batch() -> Response:
             idempotency.release(store, idem_key)  # nothing was kept: a retry may succeed
         raise
     location = url_for("batches.get_batch", batch_id=batch_id)
-    return _json(batches.public(record, with_results=False), 202, {"Location": location})
+    return json_response(batches.public(record, with_results=False), 202, {"Location": location})
 
 
 def _submit_batch(
@@ -309,7 +302,7 @@ def _replay(batches: BatchStore, batch_id: str, tenant: str) -> Response:
     if batch is None or (not batch.submitted and time.time() - batch.created_at < SUBMIT_GRACE_S):
         raise idempotency.still_processing()
     headers = {"Location": url_for("batches.get_batch", batch_id=batch_id), "Idempotent-Replayed": "true"}
-    return _json(batches.public(batch, with_results=False), 202, headers)
+    return json_response(batches.public(batch, with_results=False), 202, headers)
 
 
 def _batch_or_404(batches: BatchStore, batch_id: str) -> BatchRecord:
@@ -325,7 +318,7 @@ def get_batch(batch_id: str) -> Response:
     """Return a batch's counts, and its results once done; ?wait=N blocks up to N seconds for that."""
     settings, _, batches = _ctx()
     wait = wait_arg(settings)
-    return _json(batches.wait(_batch_or_404(batches, batch_id), wait))
+    return json_response(batches.wait(_batch_or_404(batches, batch_id), wait))
 
 
 @batches_bp.get("/v1/batches/<batch_id>/results")
@@ -362,9 +355,7 @@ def _format_arg(default: BatchFormat) -> BatchFormat:
         return BatchFormat(value)
     except ValueError:
         message = f"format must be one of {', '.join(f.value for f in BatchFormat)}"
-        raise ApiError(
-            422, ErrorCode.VALIDATION_ERROR, message, [ErrorDetail(field="format", message=message)]
-        ) from None
+        raise invalid(ErrorCode.VALIDATION_ERROR, message, "format") from None
 
 
 @batches_bp.post("/v1/batches/<batch_id>/cancel")
@@ -375,4 +366,4 @@ def cancel_batch(batch_id: str) -> Response:
     if not batch.cancelled and batches.public(batch, with_results=False).status is BatchStatus.COMPLETED:
         raise ApiError(409, ErrorCode.NOT_CANCELLABLE, f"batch {batch_id} has already completed")
     public = batches.public(batches.cancel(batch))
-    return _json(public, 200 if public.status is BatchStatus.CANCELLED else 202)
+    return json_response(public, 200 if public.status is BatchStatus.CANCELLED else 202)

@@ -42,6 +42,12 @@ class ApiError(Exception):
         self.details, self.headers = details, headers or {}
 
 
+def invalid(code: ErrorCode, message: str, field: str | None = None) -> ApiError:
+    """Return a 422 whose one detail names the field at fault (none when field is None)."""
+    details = [ErrorDetail(field=field, message=message)] if field else None
+    return ApiError(422, code, message, details)
+
+
 def error_response(
     status: int,
     code: ErrorCode,

@@ -10,9 +10,9 @@ import hashlib
 
 from flask import request
 
-from api.errors import ApiError
+from api.errors import ApiError, invalid
 from shared.jobstore import JobStore
-from shared.schemas import ErrorCode, ErrorDetail
+from shared.schemas import ErrorCode
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
@@ -25,7 +25,7 @@ def key_of(tenant: str, endpoint: str) -> str | None:
         return None
     if not 1 <= len(key) <= MAX_KEY_CHARS:
         message = f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters"
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, message, [ErrorDetail(field=HEADER, message=message)])
+        raise invalid(ErrorCode.VALIDATION_ERROR, message, HEADER)
     return f"{tenant}\n{endpoint}\n{key}"
 
 

@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import ApiError
+from api.errors import invalid
 from api.openai_compat import request_jobs
 from api.openai_replies import OpenAIHTTPError, Reply, failure
 from shared import keys
 from shared.batchstore import MISSING, BatchRecord
 from shared.jobstore import JobStore, to_public
-from shared.schemas import MAX_CUSTOM_ID_CHARS, BatchItem, ErrorCode, ErrorDetail, Status
+from shared.schemas import MAX_CUSTOM_ID_CHARS, BatchItem, ErrorCode, Status
 from shared.settings import Settings
 
 
@@ -45,16 +45,14 @@ def to_item(settings: Settings, line: OpenAIBatchLine) -> BatchItem:
     try:
         req, jobs = request_jobs(settings, line.url, line.body)
     except OpenAIHTTPError as exc:
-        raise _refused(f"body.{exc.error.param}" if exc.error.param else "body", exc.error.message) from None
+        field = f"body.{exc.error.param}" if exc.error.param else "body"
+        raise invalid(ErrorCode.VALIDATION_ERROR, exc.error.message, field) from None
     if req.stream:
-        raise _refused("body.stream", "streaming is not available in a batch")
+        raise invalid(ErrorCode.VALIDATION_ERROR, "streaming is not available in a batch", "body.stream")
     if len(jobs) != 1:
-        raise _refused("body.n", "a batch line makes one choice (n = 1); repeat the line for more")
+        message = "a batch line makes one choice (n = 1); repeat the line for more"
+        raise invalid(ErrorCode.VALIDATION_ERROR, message, "body.n")
     return BatchItem.model_validate(jobs[0].model_dump(mode="json") | {"custom_id": line.custom_id})
-
-
-def _refused(field: str, message: str) -> ApiError:
-    return ApiError(422, ErrorCode.VALIDATION_ERROR, message, [ErrorDetail(field=field, message=message)])
 
 
 def result_lines(store: JobStore, batch: BatchRecord) -> Iterator[str]:

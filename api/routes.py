@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, ValidationError
 
 from api import idempotency
-from api.errors import ApiError, validation_details
+from api.errors import ApiError, invalid, validation_details
 from api.openapi import openapi_spec
 from api.stream import job_events
 from api.submit import check_limits, submit
@@ -39,16 +39,11 @@ def _ctx() -> tuple[Settings, JobStore]:
     return ext["settings"], ext["store"]
 
 
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     resp = jsonify(model.model_dump(mode="json"))
     resp.status_code = status
     resp.headers.update(headers or {})
     return resp
-
-
-def _invalid(code: ErrorCode, message: str, field: str | None = None) -> ApiError:
-    details = [ErrorDetail(field=field, message=message)] if field else None
-    return ApiError(422, code, message, details)
 
 
 def parse_job(settings: Settings) -> JobCreate:
@@ -59,7 +54,7 @@ def parse_job(settings: Settings) -> JobCreate:
     except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, huge integers, deep nesting
         raise ApiError(400, ErrorCode.MALFORMED_JSON, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise _invalid(ErrorCode.VALIDATION_ERROR, "request body must be a JSON object", "body")
+        raise invalid(ErrorCode.VALIDATION_ERROR, "request body must be a JSON object", "body")
     try:
         job = JobCreate.model_validate(data)
     except ValidationError as exc:
@@ -85,14 +80,14 @@ def create_job() -> Response:
             if job is None:
                 raise idempotency.still_processing()
             headers = {"Location": url_for("genq.get_job", job_id=job.id), "Idempotent-Replayed": "true"}
-            return _json(job, 202, headers)
+            return json_response(job, 202, headers)
     try:
         public = submit(settings, store, current_app.extensions["genq"]["celery"], job, tenant, job_id)
     except Exception:
         with contextlib.suppress(Exception):
             idempotency.release(store, idem_key)  # a refused request leaves its key free for a retry
         raise
-    return _json(public, 202, {"Location": url_for("genq.get_job", job_id=job_id)})
+    return json_response(public, 202, {"Location": url_for("genq.get_job", job_id=job_id)})
 
 
 def _job_or_404(store: JobStore, job_id: str, wait: float = 0) -> Any:
@@ -115,14 +110,14 @@ def list_jobs() -> Response:
         ) from None
     jobs = store.list_jobs(g.tenant, query.status, query.limit, query.cursor)
     cursor = jobs[-1].created_at if len(jobs) == query.limit else None
-    return _json(JobList(data=jobs, next_cursor=cursor))
+    return json_response(JobList(data=jobs, next_cursor=cursor))
 
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     """Return a job; ?wait=N blocks up to N seconds for it to end."""
     settings, store = _ctx()
-    return _json(_job_or_404(store, job_id, wait_arg(settings)))
+    return json_response(_job_or_404(store, job_id, wait_arg(settings)))
 
 
 def wait_arg(settings: Settings) -> float:
@@ -162,7 +157,7 @@ def cancel_job(job_id: str) -> Response:
         raise ApiError(409, ErrorCode.NOT_CANCELLABLE, f"job {job_id} has already {seen}")
     job = _job_or_404(store, job_id)
     # 202: a running job's worker has been asked to stop; poll for the cancelled state.
-    return _json(job, 200 if job.status is Status.CANCELLED else 202)
+    return json_response(job, 200 if job.status is Status.CANCELLED else 202)
 
 
 @bp.get("/v1/models")
@@ -180,13 +175,13 @@ def list_models() -> Response:
         )
         for m in settings.models
     ]
-    return _json(ModelList(data=data))
+    return json_response(ModelList(data=data))
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
     """The process is up (no dependency is checked)."""
-    return _json(Health(status="ok"))
+    return json_response(Health(status="ok"))
 
 
 @bp.get("/readyz")
@@ -197,10 +192,10 @@ def readyz() -> Response:
         store.r.ping()
         ready = len(store.workers())
     except Exception as exc:  # any Redis failure means not ready, never a 500
-        return _json(Health(status="unavailable", reason=f"redis unreachable: {exc}"), 503)
+        return json_response(Health(status="unavailable", reason=f"redis unreachable: {exc}"), 503)
     if ready == 0:
-        return _json(Health(status="unavailable", reason="no ready worker", ready_workers=0), 503)
-    return _json(Health(status="ok", ready_workers=ready))
+        return json_response(Health(status="unavailable", reason="no ready worker", ready_workers=0), 503)
+    return json_response(Health(status="ok", ready_workers=ready))
 
 
 @bp.get("/openapi.json")

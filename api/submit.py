@@ -12,31 +12,27 @@ import time
 
 from celery import Celery
 
-from api.errors import ApiError
+from api.errors import ApiError, invalid
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
-from shared.schemas import ErrorCode, ErrorDetail, JobCreate, JobPublic, Webhook
+from shared.schemas import ErrorCode, JobCreate, JobPublic, Webhook
 from shared.settings import Settings
 from shared.webhooks import RefusedURL, resolve
 
 QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds (as api/routes.py)
 
 
-def _invalid(code: ErrorCode, message: str, field: str) -> ApiError:
-    return ApiError(422, code, message, [ErrorDetail(field=field, message=message)])
-
-
 def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
     """Check a schema-valid job against the catalog and settings; fill in its model and max_new_tokens."""
     spec = settings.model(job.model)
     if spec is None:
-        raise _invalid(
+        raise invalid(
             ErrorCode.UNKNOWN_MODEL,
             f"unknown model {job.model!r}; available: {', '.join(settings.model_names)}",
             "model",
         )
     if job.max_new_tokens is not None and job.max_new_tokens > spec.max_new_tokens_cap:
-        raise _invalid(
+        raise invalid(
             ErrorCode.MAX_NEW_TOKENS_EXCEEDED,
             f"max_new_tokens is {job.max_new_tokens}, above model {spec.name!r}'s cap of "
             f"{spec.max_new_tokens_cap}",
@@ -44,13 +40,13 @@ def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
         )
     chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or [])
     if chars > settings.max_prompt_chars:
-        raise _invalid(
+        raise invalid(
             ErrorCode.PROMPT_TOO_LONG,
             f"prompt is {chars} characters, above the limit of {settings.max_prompt_chars}",
             "prompt" if job.prompt is not None else "messages",
         )
     if job.messages is not None and len(job.messages) > settings.max_messages:
-        raise _invalid(
+        raise invalid(
             ErrorCode.VALIDATION_ERROR,
             f"{len(job.messages)} messages, above the limit of {settings.max_messages}",
             "messages",
@@ -58,13 +54,13 @@ def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
     if job.metadata is not None:
         size = len(json.dumps(job.metadata, separators=(",", ":")).encode())
         if size > settings.max_metadata_bytes:
-            raise _invalid(
+            raise invalid(
                 ErrorCode.VALIDATION_ERROR,
                 f"metadata is {size} bytes, above the limit of {settings.max_metadata_bytes}",
                 "metadata",
             )
     if job.timeout_s is not None and job.timeout_s > settings.max_job_seconds:
-        raise _invalid(
+        raise invalid(
             ErrorCode.VALIDATION_ERROR,
             f"timeout_s is {job.timeout_s:g}, above the limit of {settings.max_job_seconds:g}",
             "timeout_s",
@@ -79,7 +75,7 @@ def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
 def check_webhook(settings: Settings, webhook: Webhook) -> None:
     """Refuse a webhook while none can be signed, or whose URL resolves to a non-public address."""
     if not settings.webhook_secret:
-        raise _invalid(
+        raise invalid(
             ErrorCode.WEBHOOKS_DISABLED,
             "webhooks are disabled on this server; its operator enables them by setting GENQ_WEBHOOK_SECRET",
             "webhook",
@@ -87,7 +83,7 @@ def check_webhook(settings: Settings, webhook: Webhook) -> None:
     try:
         resolve(webhook.url, settings.webhook_allow_private)
     except RefusedURL as exc:
-        raise _invalid(ErrorCode.WEBHOOK_URL_REFUSED, str(exc), "webhook.url") from None
+        raise invalid(ErrorCode.WEBHOOK_URL_REFUSED, str(exc), "webhook.url") from None
 
 
 def deadline_of(settings: Settings, job: JobCreate) -> float:

@@ -70,24 +70,26 @@ local function unqueue(job, id)
 end
 """
 
-# A job whose webhook wants this event gets a delivery due now, in the same step as the state
-# change, so no event is lost between the two; a worker's sender POSTs it (worker/webhooks.py).
-# The delivery id stays the same across retries (receivers deduplicate on it).
+# A job (or batch) whose webhook wants this event gets a delivery due now, in the same step as
+# the state change, so no event is lost between the two; a worker's sender POSTs it
+# (worker/webhooks.py). The delivery id stays the same across retries (receivers deduplicate on it).
 _NOTIFY = """
-local function notify(job, id, event, now)
-  local url, events, n = unpack(redis.call('HMGET', job, 'webhook_url', 'webhook_events', 'attempts'))
+local function schedule(key, kind, id, event, delivery, now)
+  local url, events = unpack(redis.call('HMGET', key, 'webhook_url', 'webhook_events'))
   if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
-  local d = {id = id .. ':' .. event .. ':' .. (n or '0'), job_id = id, event = event, attempt = 1, url = url}
+  local d = {id = delivery, event = event, attempt = 1, url = url}
+  d[kind .. '_id'] = id
   redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
-  redis.call('HSET', job, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
+  redis.call('HSET', key, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
 end
--- A batch's own webhook: the same, keyed by the batch (its events happen once each).
+-- A job's delivery id names its attempt: a rerun after a lost worker starts again.
+local function notify(job, id, event, now)
+  local n = redis.call('HGET', job, 'attempts') or '0'
+  schedule(job, 'job', id, event, id .. ':' .. event .. ':' .. n, now)
+end
+-- A batch's events happen once each.
 local function notify_batch(batch, id, event, now)
-  local url, events = unpack(redis.call('HMGET', batch, 'webhook_url', 'webhook_events'))
-  if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
-  local d = {id = id .. ':' .. event, batch_id = id, event = event, attempt = 1, url = url}
-  redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
-  redis.call('HSET', batch, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
+  schedule(batch, 'batch', id, event, id .. ':' .. event, now)
 end
 -- A job of a batch started: the first one to do so starts the batch. (A batch whose record is
 -- gone, expired or withdrawn, is never written to again, so no key is left without a TTL.)
