@@ -328,14 +328,15 @@ def test_a_batch_webhook_fires_once_when_it_starts_and_once_when_it_ends(
     assert done["started_at"] is not None and done["finished_at"] >= done["started_at"]
     batch_delivery(client, batch["id"], "completed", "delivered")
     batch_delivery(client, batch["id"], "started", "delivered")
-    assert [c["event"] for c in hook.calls] == ["started", "completed"]  # once each, in order
+    # Once each. Senders run in parallel, so a short batch's two events may arrive in either order.
+    assert sorted(c["event"] for c in hook.calls) == ["completed", "started"]
     for call in hook.calls:
         assert call["valid"] and call["path"] == "/hooks/genq?tenant=t1"
         body = call["body"]
         assert body["id"] == batch["id"] and body["object"] == "batch" and body["event"] == call["event"]
         assert body["metadata"] == {"req": "R-7"} and "results" not in body
         assert call["delivery"] == f"{batch['id']}:{call['event']}"
-    started, completed = (c["body"] for c in hook.calls)
+    started, completed = hook.of("started")[0]["body"], hook.of("completed")[0]["body"]
     # Each POST carries the batch as it is when sent: with a tiny model it may have ended already.
     assert started["status"] in ("in_progress", "completed") and started["counts"]["total"] == 5
     assert completed["status"] == "completed" and completed["counts"]["succeeded"] == 5
