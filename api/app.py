@@ -8,9 +8,9 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from api.auth import install_auth
 from api.batches import batches_bp
 from api.errors import register_error_handlers
+from api.jobs import bp
 from api.metrics import metrics_bp
-from api.openai_compat import openai_bp
-from api.routes import bp
+from api.openai.routes import openai_bp
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.logs import setup_logging

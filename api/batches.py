@@ -13,9 +13,10 @@ from flask import Blueprint, Response, current_app, g, request, url_for
 from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import idempotency, openai_batch
+from api import idempotency
 from api.errors import ApiError, invalid, validation_details
-from api.routes import json_response, wait_arg
+from api.jobs import json_response, wait_arg
+from api.openai import batch as openai_batch
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
 from shared import keys
 from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id

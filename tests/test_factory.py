@@ -69,7 +69,7 @@ def test_create_app_without_settings_reads_the_environment(
 
 def test_importing_the_api_reads_no_environment() -> None:
     code = (
-        "import api, api.app, api.routes, api.errors, api.openapi, shared.celery_app, shared.jobstore\n"
+        "import api, api.app, api.jobs, api.errors, api.openapi, shared.celery_app, shared.jobstore\n"
         "from pydantic import ValidationError\n"
         "from shared.settings import Settings\n"
         "try:\n"
@@ -91,7 +91,7 @@ def test_importing_the_api_reads_no_environment() -> None:
 
 def test_the_api_never_imports_torch_or_transformers(redis_url: str) -> None:
     code = (
-        "import sys, api.app, api.routes\n"
+        "import sys, api.app, api.jobs\n"
         "from api.app import create_app\n"
         "from shared.settings import Settings\n"
         f"app = create_app(Settings(redis_url={redis_url!r}))\n"

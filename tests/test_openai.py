@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 
 from api.app import create_app
-from api.openai_replies import Diverged, _Sent
+from api.openai.replies import Diverged, _Sent
 from shared.client import Client
 from shared.jobstore import JobStore
 from shared.settings import Settings

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from api import idempotency
 from api.errors import ApiError, invalid, validation_details
+from api.events import job_events
 from api.openapi import openapi_spec
-from api.stream import job_events
 from api.submit import check_limits, submit
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.openai_schemas import (
+from api.openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,

@@ -12,7 +12,7 @@ import redis
 from flask import Response, jsonify
 from pydantic import BaseModel
 
-from api.openai_schemas import (
+from api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,

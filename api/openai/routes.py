@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from api.errors import RETRY_AFTER_S, ApiError
-from api.openai_replies import OpenAIHTTPError, Reply, cancel, failure, stream
-from api.openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from api.openai.replies import OpenAIHTTPError, Reply, cancel, failure, stream
+from api.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from api.submit import check_limits, submit
 from shared.jobstore import JobStore
 from shared.schemas import JobCreate, JobPublic
@@ -182,7 +182,7 @@ def _jobs(
         seeds = [req.seed + i for i in range(n)]
     else:
         # Drawn here rather than by the worker, so that a rerun after a lost worker repeats the
-        # text already streamed (see openai_replies._Sent).
+        # text already streamed (see api/openai/replies.py, _Sent).
         seeds = [random.getrandbits(62) for _ in range(n)]
     metadata = dict(req.metadata or {})
     if req.user is not None:
