@@ -7,14 +7,13 @@ from flask_swagger_ui import get_swaggerui_blueprint
 
 from api.auth import install_auth
 from api.batches import batches_bp
+from api.context import Context
 from api.errors import register_error_handlers
-from api.jobs import bp
+from api.jobs import jobs_bp
+from api.meta import meta_bp
 from api.metrics import metrics_bp
 from api.openai.routes import openai_bp
-from shared.celery_app import make_celery
-from shared.jobstore import JobStore
 from shared.logs import setup_logging
-from shared.redisconn import connect
 from shared.settings import Settings
 
 
@@ -25,14 +24,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("genq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["genq"] = {
-        "settings": settings,
-        "store": JobStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl),
-        "celery": make_celery(settings),
-    }
-    register_error_handlers(app)
+    Context.build(settings).install(app)
+    register_error_handlers(app)  # genq's envelope; the OpenAI routes answer in OpenAI's
     install_auth(app, settings)  # before the blueprints: every /v1 route is behind it
-    app.register_blueprint(bp)
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(meta_bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(metrics_bp)  # GET /metrics: no key, no rate limit (not under /v1)

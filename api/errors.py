@@ -1,11 +1,19 @@
-"""Every error leaves the API as {"error": {code, message, details}} with the right status."""
+"""One error classifier for every route; each dialect renders what it decides in its own envelope.
+
+`classify` turns any exception into an `ApiError` (status, code, message, details, headers): an
+ApiError raised by a route is kept, an HTTP error (404, 405, 413, 429...) and a store outage (503)
+are named, anything else is logged and becomes a bare 500. genq's native envelope is
+{"error": {code, message, details}}; the OpenAI dialect renders the same decision in OpenAI's
+(api/openai/errors.py).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -15,6 +23,8 @@ from shared.schemas import ErrorBody, ErrorCode, ErrorDetail, ErrorResponse
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5  # what a 503 tells clients to wait, in seconds
+RATE_LIMIT_RETRY_S = 60  # what a 429 from the rate limiter says when it names no window, in seconds
+STORE_DOWN = "the job store (Redis) is unavailable; retry later"
 
 _HTTP_CODES = {
     400: ErrorCode.MALFORMED_JSON,
@@ -27,7 +37,7 @@ _HTTP_CODES = {
 
 
 class ApiError(Exception):
-    """An error response raised from a route."""
+    """An error response raised from a route, and what `classify` makes of any other exception."""
 
     def __init__(
         self,
@@ -48,21 +58,6 @@ def invalid(code: ErrorCode, message: str, field: str | None = None) -> ApiError
     return ApiError(422, code, message, details)
 
 
-def error_response(
-    status: int,
-    code: ErrorCode,
-    message: str,
-    details: list[ErrorDetail] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """Build the JSON error response every failure path uses."""
-    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
-    resp = jsonify(body.model_dump(mode="json", exclude_none=True))
-    resp.status_code = status
-    resp.headers.update(headers or {})
-    return resp
-
-
 def validation_details(exc: ValidationError) -> list[ErrorDetail]:
     """Name each bad field of a pydantic error, as dotted paths."""
     return [
@@ -71,39 +66,48 @@ def validation_details(exc: ValidationError) -> list[ErrorDetail]:
     ]
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Route every exception to a JSON error body; nothing escapes as an HTML page or a bare 500."""
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        code = _HTTP_CODES.get(status, ErrorCode.INTERNAL)
-        message = exc.description or exc.name
-        headers = {}
-        if status == 413:
-            message = f"request body exceeds the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
-        if status == 429:  # Flask-Limiter's RateLimitExceeded carries the limit that tripped
-            limit = getattr(getattr(exc, "limit", None), "limit", None)
-            headers["Retry-After"] = str(limit.get_expiry() if limit else 60)
-            message = f"rate limit of {limit} exceeded; retry later" if limit else "rate limit exceeded"
-        return error_response(status, code, message, headers=headers)
-
-    @app.errorhandler(redis.RedisError)
-    @app.errorhandler(OperationalError)
-    def _store_down(exc: Exception) -> Response:
+def classify(exc: Exception) -> ApiError:
+    """Say what an exception means to the client; an unexpected one is logged and becomes a 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    if isinstance(exc, redis.RedisError | OperationalError):
         log.warning("job store unavailable: %s", exc)
-        return error_response(
-            503,
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "the job store (Redis) is unavailable; retry later",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+        return ApiError(
+            503, ErrorCode.SERVICE_UNAVAILABLE, STORE_DOWN, headers={"Retry-After": str(RETRY_AFTER_S)}
         )
+    log.error("unhandled error", exc_info=exc)
+    return ApiError(500, ErrorCode.INTERNAL, "internal error")
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, ErrorCode.INTERNAL, "internal error")
+
+def _http_error(exc: HTTPException) -> ApiError:
+    status = exc.code or 500
+    message, headers = exc.description or exc.name, {}
+    if status == 413:  # the limit of this request: batches raise it above GENQ_MAX_BODY_BYTES
+        message = f"request body exceeds the limit of {request.max_content_length} bytes"
+    if status == 429:  # Flask-Limiter's RateLimitExceeded carries the limit that tripped
+        limit = getattr(getattr(exc, "limit", None), "limit", None)
+        headers["Retry-After"] = str(limit.get_expiry() if limit else RATE_LIMIT_RETRY_S)
+        message = f"rate limit of {limit} exceeded; retry later" if limit else "rate limit exceeded"
+    return ApiError(status, _HTTP_CODES.get(status, ErrorCode.INTERNAL), message, headers=headers)
+
+
+def native(error: ApiError) -> Response:
+    """Render an error in genq's envelope: {"error": {code, message, details}}."""
+    body = ErrorResponse(error=ErrorBody(code=error.code, message=error.message, details=error.details))
+    resp = jsonify(body.model_dump(mode="json", exclude_none=True))
+    resp.status_code = error.status
+    resp.headers.update(error.headers)
+    return resp
+
+
+def register_error_handlers(
+    scope: Flask | Blueprint, render: Callable[[ApiError], Response] = native
+) -> None:
+    """Answer every exception raised under scope (an app or a blueprint) as render shapes its class."""
+
+    def _handle(exc: Exception) -> Response:
+        return render(classify(exc))
+
+    scope.register_error_handler(Exception, _handle)
