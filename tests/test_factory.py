@@ -69,7 +69,8 @@ def test_create_app_without_settings_reads_the_environment(
 
 def test_importing_the_api_reads_no_environment() -> None:
     code = (
-        "import api, api.app, api.jobs, api.meta, api.errors, api.openapi, shared.celery_app, shared.jobstore\n"
+        "import api, api.app, api.jobs, api.meta, api.errors, api.openapi\n"
+        "import shared.celery_app, shared.jobstore\n"
         "from pydantic import ValidationError\n"
         "from shared.settings import Settings\n"
         "try:\n"

@@ -266,6 +266,16 @@ def test_body_too_large_is_413_in_openai_shape(http: Any, settings: Settings) ->
     assert str(settings.max_body_bytes) in error["message"]
 
 
+def test_both_dialects_classify_an_error_alike(http: Any, store: JobStore, settings: Settings) -> None:
+    big = json.dumps({"model": "tiny", "prompt": "x" * settings.max_body_bytes})
+    native = http.post("/v1/jobs", data=big, content_type="application/json")
+    assert native.status_code == 413
+    ours = native.get_json()["error"]
+    error = _error(http.post(TEXT, data=big, content_type="application/json"), 413)
+    assert (error["code"], error["message"]) == (ours["code"], ours["message"])
+    assert error["type"] == "invalid_request_error" and store.r.keys("genq:job:*") == []
+
+
 def test_harmless_params_are_accepted_and_jobs_queued(http: Any, store: JobStore) -> None:
     body = {
         **OK_CHAT,
