@@ -1,10 +1,10 @@
-"""One error classifier for every route; each dialect renders what it decides in its own envelope.
+"""One error classifier for every route, and the two envelopes it is rendered in.
 
 `classify` turns any exception into an `ApiError` (status, code, message, details, headers): an
 ApiError raised by a route is kept, an HTTP error (404, 405, 413, 429...) and a store outage (503)
-are named, anything else is logged and becomes a bare 500. genq's native envelope is
-{"error": {code, message, details}}; the OpenAI dialect renders the same decision in OpenAI's
-(api/openai/errors.py).
+are named, anything else is logged and becomes a bare 500. genq's routes render it as
+{"error": {code, message, details}} (`native`), the OpenAI dialect's as
+{"error": {message, type, param, code}} (`openai`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from api.events import data_event
+from api.openai.schemas import OpenAIError, OpenAIErrorResponse
 from shared.schemas import ErrorBody, ErrorCode, ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,34 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.details, self.headers = details, headers or {}
+
+
+class OpenAIHTTPError(Exception):
+    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+        self.error = OpenAIError(message=message, type=type_, param=param, code=code)
+
+    def response(self) -> Response:
+        """Return the JSON error response."""
+        resp = jsonify(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
+        resp.status_code = self.status
+        resp.headers.update(self.headers)
+        return resp
+
+    def chunk(self) -> str:
+        """Return the error as one server-sent event (openai clients raise APIError on it)."""
+        return data_event(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
 
 
 def invalid(code: ErrorCode, message: str, field: str | None = None) -> ApiError:
@@ -100,6 +130,25 @@ def native(error: ApiError) -> Response:
     resp.status_code = error.status
     resp.headers.update(error.headers)
     return resp
+
+
+def to_openai(exc: ApiError, renames: dict[str, str] | None = None) -> OpenAIHTTPError:
+    """Translate genq's error to OpenAI's shape and status; renames maps genq field names to OpenAI's."""
+    field = exc.details[0].field if exc.details else None
+    param = (renames or {}).get(field, field) if field else None
+    if exc.status == 429:
+        return OpenAIHTTPError(429, exc.message, "requests", None, "rate_limit_exceeded", exc.headers)
+    if exc.status < 500:
+        status = 400 if exc.status == 422 else exc.status
+        return OpenAIHTTPError(
+            status, exc.message, "invalid_request_error", param, exc.code.value, exc.headers
+        )
+    return OpenAIHTTPError(exc.status, exc.message, "server_error", None, exc.code.value, exc.headers)
+
+
+def openai(error: ApiError) -> Response:
+    """Render an error in OpenAI's envelope: {"error": {message, type, param, code}}."""
+    return to_openai(error).response()
 
 
 def register_error_handlers(

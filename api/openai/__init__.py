@@ -2,9 +2,8 @@
 
 One module per step, so that a new request parameter touches each step once:
 - schemas.py: the wire shapes (a request field, and `unsupported()` while it is refused);
-- parse.py: a request body → its n checked `JobCreate`s (what the field asks of the job);
+- routes.py: the routes, and a request body → its n checked `JobCreate`s (`request_jobs`);
 - replies.py: finished jobs and their events → completion bodies and streamed chunks;
-- routes.py: the HTTP routes, thin: read the body, parse, submit, answer or stream;
-- errors.py: OpenAI's error envelope, rendering api/errors.py's classifier;
 - openapi.py: the routes' OpenAPI entries; batch.py: OpenAI batch input and output lines.
+Errors are classified once for both dialects and rendered in OpenAI's envelope by api/errors.py.
 """

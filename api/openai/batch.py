@@ -14,10 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import invalid
-from api.openai.errors import OpenAIHTTPError
-from api.openai.parse import request_jobs
+from api.errors import OpenAIHTTPError, invalid
 from api.openai.replies import Reply, failure
+from api.openai.routes import request_jobs
 from shared import keys
 from shared.batchstore import MISSING, BatchRecord
 from shared.jobstore import JobStore, to_public

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import redis
 from pydantic import BaseModel
 
+from api.errors import OpenAIHTTPError
 from api.events import KEEPALIVE, data_event, merged_events
-from api.openai.errors import OpenAIHTTPError
 from api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
