@@ -127,5 +127,5 @@ def install_auth(app: Flask, settings: Settings) -> None:
             strategy="fixed-window",  # 2 Redis calls per request; moving windows cost 5-10,
             headers_enabled=False,  # window stats cost several Redis calls per request
             swallow_errors=True,  # Redis down: the routes answer 503 themselves
-            key_prefix="genq:ratelimit",
+            key_prefix=keys.RATELIMIT,
         )
