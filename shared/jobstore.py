@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from shared import keys, transitions
+from shared.metrics import record_job
 from shared.records import DEFAULT_TENANT, JobRecord
 from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
 
@@ -227,6 +228,10 @@ class JobStore:
         for job_id in job_ids:
             pipe.hget(keys.job(job_id), "cancel")
         return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
+
+    def observe(self, model: str, **figures: Any) -> None:
+        """Add the timings and tokens of a job a worker ran to the metrics (shared/metrics.record_job)."""
+        record_job(self.r, model, **figures)
 
     # --- events -------------------------------------------------------------
     def publish_tokens(self, deltas: dict[str, str]) -> None:

@@ -133,4 +133,3 @@ def test_public_view_of_a_finished_record() -> None:
 
 def test_failure_is_an_error_code_and_message() -> None:
     assert jobflow.failure(ErrorCode.INTERNAL, "boom") == {"code": "internal_error", "message": "boom"}
-

@@ -21,7 +21,6 @@ import redis
 from celery import Celery
 
 from shared.jobstore import JobStore
-from shared.metrics import record_job
 from shared.records import JobRecord
 from shared.redisconn import connect
 from shared.schemas import ErrorCode, Status
@@ -220,7 +219,7 @@ class Runtime:
     def _record(self, **figures: Any) -> None:
         """Add the timings of a job that ran here to the metrics; a Redis error costs the figures only."""
         try:
-            record_job(self.store.r, self.spec.name, **figures)
+            self.store.observe(self.spec.name, **figures)
         except redis.RedisError as exc:
             log.warning("could not record metrics: %s", exc)
 
