@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 import redis
 
-from shared.client import Client
+from genq.client import Client
 from shared.jobstore import JobStore
 from shared.redisconn import connect
 from shared.settings import default_catalog

@@ -5,15 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from shared.client import Client
+from genq.client import Client
 from shared.logs import JsonFormatter, setup_logging
 from shared.settings import Settings
-from tests.conftest import ROOT, wait_until
+from tests.support import run_cli, wait_until
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
@@ -135,15 +134,7 @@ def test_api_logs_are_json(api_server: str, tmp_path: Path) -> None:
 
 
 def _cli(api: str, *args: str, columns: int = 200) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--url", api, *args],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": str(columns)},
-    )
-    out.stdout, out.stderr = out.stdout.decode(), out.stderr.decode()
-    return out
+    return run_cli(api, *args, COLUMNS=str(columns))
 
 
 def test_cli_jobs_lists_recent_jobs(start_worker, api_server: str, client: Client) -> None:
