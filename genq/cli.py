@@ -166,13 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get", help="show a job")
     p.add_argument("job_id")
     p.add_argument("--wait", type=float, default=0, help="seconds to wait for it to end")
-    p.set_defaults(
-        func=lambda a: _print_job(Client(a.url, api_key=a.api_key).get(a.job_id, a.wait), True) or 0
-    )
+    p.set_defaults(func=lambda a: _print_job(Client(a.url, api_key=a.api_key).get(a.job_id, a.wait), True))
 
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job_id")
-    p.set_defaults(func=lambda a: _print_job(Client(a.url, api_key=a.api_key).cancel(a.job_id), True) or 0)
+    p.set_defaults(func=lambda a: _print_job(Client(a.url, api_key=a.api_key).cancel(a.job_id), True))
 
     p = sub.add_parser("jobs", help="list your recent jobs, newest first, as a table")
     p.add_argument("--status", choices=list(STATUS_STYLES), help="only jobs in this state")
@@ -182,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_jobs)
 
     p = sub.add_parser("models", help="list models and their ready workers")
-    p.set_defaults(func=lambda a: print(json.dumps(Client(a.url, api_key=a.api_key).models(), indent=2)) or 0)
+    p.set_defaults(func=lambda a: print(json.dumps(Client(a.url, api_key=a.api_key).models(), indent=2)))
 
     p = sub.add_parser("batch", help="submit a JSONL file of jobs as a batch; write the results as JSONL")
     p.add_argument("file", help="one job a line, each with a custom_id (JSON objects)")
