@@ -15,7 +15,7 @@ from api.app import create_app
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import MAX_STOP_CHARS, JobCreate, JobPublic, Status
 from shared.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 
 SEED_EXAMPLE = {
     "prompt": "Artificial Intelligence is",

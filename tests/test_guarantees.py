@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from genq.client import Client
 from shared import keys
 from shared.celery_app import make_celery, queue_lists
-from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings

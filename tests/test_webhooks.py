@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from api.app import create_app
+from genq.client import Client
 from shared import keys
-from shared.client import Client
 from shared.jobstore import JobStore
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
 from shared.webhooks import RefusedURL, resolve, sign, verify_signature
-from tests.conftest import wait_until
+from tests.support import wait_until
 from worker.webhooks import WebhookSender
 
 SECRET = "whsec_test_secret"
