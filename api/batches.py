@@ -19,7 +19,6 @@ from api.errors import ApiError, invalid, validation_details
 from api.openai import batch as openai_batch
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
 from api.wire import json_response, parse_json, read_upload, wait_arg
-from shared import keys
 from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
@@ -69,7 +68,7 @@ def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], BatchOption
     limit = settings.max_batch_items
     if upload.jsonl:
         options = _options(upload.fields)
-        lines = [(n, line) for n, line in enumerate(upload.raw.splitlines(), 1) if line.strip()]
+        lines = [(n, line) for n, line in enumerate(upload.data.splitlines(), 1) if line.strip()]
         if len(lines) > limit:
             raise _too_large(f"batch has {len(lines)} requests, above the limit of {limit}")
         items, details, formats = [], [], set[BatchFormat]()
@@ -95,7 +94,7 @@ def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], BatchOption
         if not items:
             raise ApiError(422, ErrorCode.VALIDATION_ERROR, "the upload holds no requests")
         return items, options, formats.pop()
-    data = parse_json(upload.raw)
+    data = parse_json(upload.data)
     if isinstance(data, dict) and isinstance(data.get("requests"), list) and len(data["requests"]) > limit:
         raise _too_large(f"batch has {len(data['requests'])} requests, above the limit of {limit}")
     try:
@@ -169,8 +168,7 @@ def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
         if store.cancel(job_id) == "cancelled":
-            store.delete(job_id)
-            store.r.zrem(keys.tenant_jobs(tenant), job_id)
+            store.delete(job_id)  # and from its tenant's job list
 
 
 @batches_bp.post("/v1/batches")

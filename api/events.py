@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import redis
 from flask import Response
 
-from shared import keys
 from shared.jobstore import BLOCK_SLICE_MS, EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, Status
 
@@ -77,12 +76,12 @@ def _final(store: JobStore, job_id: str) -> Iterator[str]:
 
 def merged_events(store: JobStore, job_ids: list[str]) -> Iterator[tuple[int, dict] | None]:
     """Yield (index in job_ids, event) from all the jobs' streams as they come; None when idle a while."""
-    streams = {keys.events(j): i for i, j in enumerate(job_ids)}
+    streams = {j: i for i, j in enumerate(job_ids)}
     last = dict.fromkeys(streams, "0-0")
     idle_since = time.monotonic()
     while last:
-        reply = store.r.xread(last, count=512, block=BLOCK_SLICE_MS)
-        for key, entries in reply or []:
+        reply = store.read_events(last, BLOCK_SLICE_MS)
+        for key, entries in reply:
             for entry_id, fields in entries:
                 last[key] = entry_id
                 yield streams[key], fields

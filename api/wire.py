@@ -52,7 +52,7 @@ def read_json_object() -> dict[str, Any]:
 class Upload:
     """A batch upload: its bytes, whether they are JSONL, and a multipart upload's other fields."""
 
-    raw: bytes
+    data: bytes
     jsonl: bool
     fields: dict[str, str] = field(default_factory=dict)  # JSON texts, by name
 
