@@ -32,6 +32,8 @@ MAP_NAME = re.compile(r"\b([\w-]+(?:\.py|\.sh|\.Dockerfile|\.yml)|[a-z_]+/)(?=[\
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 SHELL_OPERATORS = {"|", "||", "&", "&&", ";"}
 REDIRECTIONS = {"<", ">", ">>", "2>", "2>&1"}
+CLIENT_VARIABLES = {"GENQ_URL", "GENQ_API_KEY"}  # read by the genq command, not by Settings
+PLACEHOLDER_VARIABLES = {"GENQ_NAME"}  # "GENQ_NAME=value lines"
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,19 @@ def test_python_blocks_compile_and_their_project_imports_resolve() -> None:
                 problems.append(f"{block.where}: {problem}")
         compile(tree, block.where, "exec")
     assert not problems, "\n".join(problems)
+
+
+def test_documented_settings_exist_and_every_setting_is_documented() -> None:
+    from shared.settings import Settings
+
+    fields = {f"GENQ_{name.upper()}" for name in Settings.model_fields}
+    named = {v for path in DOCUMENTS for v in re.findall(r"GENQ_[A-Z0-9_]+", path.read_text())}
+    compose = set(re.findall(r"GENQ_[A-Z0-9_]+", (ROOT / "docker-compose.yml").read_text()))
+    unknown = named - fields - CLIENT_VARIABLES - PLACEHOLDER_VARIABLES - compose
+    assert not unknown, f"the documents name settings that do not exist: {sorted(unknown)}"
+    table = (ROOT / "docs" / "operations.md").read_text()
+    undocumented = {f for f in fields if f"| `{f}` |" not in table}
+    assert not undocumented, f"settings missing from docs/operations.md's table: {sorted(undocumented)}"
 
 
 @pytest.mark.parametrize("block", all_blocks("json"), ids=lambda b: b.where)
