@@ -51,4 +51,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .genq .pytest_cache
+	rm -rf $(VENV) .genq .pytest_cache .mypy_cache
