@@ -198,6 +198,25 @@ def test_curl_examples_hit_routes_the_api_serves(app) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_documented_job_and_batch_bodies_are_accepted(http) -> None:
+    """Each JSON body sent to /v1/jobs or /v1/batches gets a 202, or the error its block shows."""
+    sent, problems = 0, []
+    for block in all_blocks(("bash", "sh", "shell")):
+        for argv in shell_commands(block):
+            path = next((w for w in argv if w.startswith("http://127.0.0.1:8000/v1/")), "")
+            path = path.removeprefix("http://127.0.0.1:8000")
+            if Path(argv[0]).name != "curl" or "-d" not in argv or path not in ("/v1/jobs", "/v1/batches"):
+                continue
+            headers = dict(argv[i + 1].split(": ", 1) for i, w in enumerate(argv) if w == "-H")
+            resp = http.post(path, data=argv[argv.index("-d") + 1], headers=headers)
+            sent += 1
+            code = ((resp.get_json(silent=True) or {}).get("error") or {}).get("code")
+            if resp.status_code != 202 and f'"code":"{code}"' not in block.text.replace(" ", ""):
+                problems.append(f"{block.where}: POST {path}: {resp.status_code} {resp.text}")
+    assert sent >= 5, "the documents' job bodies were not found"
+    assert not problems, "\n".join(problems)
+
+
 def _resolve(module: str, names: list[str]) -> str | None:
     """Say which of these names a project module lacks, or None when all are there."""
     try:
