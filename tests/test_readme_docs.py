@@ -1,4 +1,4 @@
-"""The README's and docs/'s commands, examples, links and file names match the code they describe."""
+"""The README's and docs/'s commands and examples run against the code: make, genq, curl, Python, JSON."""
 
 from __future__ import annotations
 
@@ -11,104 +11,15 @@ import io
 import json
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
-README_MAX_LINES = 320  # the README is a front page; the rest lives in docs/
+from tests.markdown_docs import REPO_PATH, ROOT, Block, all_blocks, shell_commands
+
 PROJECT_PACKAGES = ("genq", "api", "worker", "shared")
-# A path in backticks that starts with one of these names a file or folder of this repository.
-REPO_PATH = re.compile(r"^(?:api|worker|shared|genq|tests|bench|docs|docker|scripts|\.ci)/[\w./-]*$")
-# A dotted name in backticks (not a file name such as genq.env) names a module or what one defines.
-DOTTED_NAME = re.compile(r"^(?!\S*\.(?:env|py|md|ya?ml|jsonl?)$)(?:genq|api|worker|shared)\.[\w.]+")
-FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
-MAP_NAME = re.compile(r"\b([\w-]+(?:\.py|\.sh|\.Dockerfile|\.yml)|[a-z_]+/)(?=[\s,)]|$)")  # files, folders
-LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-SHELL_OPERATORS = {"|", "||", "&", "&&", ";"}
-REDIRECTIONS = {"<", ">", ">>", "2>", "2>&1"}
-CLIENT_VARIABLES = {"GENQ_URL", "GENQ_API_KEY"}  # read by the genq command, not by Settings
-PLACEHOLDER_VARIABLES = {"GENQ_NAME"}  # "GENQ_NAME=value lines"
-
-
-@dataclass(frozen=True)
-class Block:
-    """One fenced block of a Markdown document."""
-
-    path: Path
-    line: int  # of the opening fence, 1-based
-    lang: str
-    text: str
-
-    @property
-    def where(self) -> str:
-        """Say where the block is, for failure messages."""
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
-
-
-def parse(path: Path) -> tuple[list[Block], list[str]]:
-    """Split a document into its fenced blocks and its prose lines (fences blanked out)."""
-    blocks: list[Block] = []
-    prose: list[str] = []
-    opened: tuple[int, str, str] | None = None  # line, indent, language
-    body: list[str] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fence = FENCE.match(line)
-        if opened is None and fence:
-            opened, body = (number, fence.group(1), fence.group(2)), []
-        elif opened is not None and fence:
-            indent = len(opened[1])
-            text = "\n".join(row[indent:] if row[:indent].isspace() else row for row in body)
-            blocks.append(Block(path, opened[0], opened[2], text))
-            opened = None
-        elif opened is not None:
-            body.append(line)
-        else:
-            prose.append(line)
-            continue
-        prose.append("")
-    assert opened is None, f"{path.relative_to(ROOT)}:{opened[0]}: unclosed fence"
-    return blocks, prose
-
-
-def all_blocks(lang: str | tuple[str, ...]) -> list[Block]:
-    """Every fenced block of the README and docs/ in these languages."""
-    langs = (lang,) if isinstance(lang, str) else lang
-    return [b for path in DOCUMENTS for b in parse(path)[0] if b.lang in langs]
-
-
-def shell_commands(block: Block) -> list[list[str]]:
-    """The simple commands of a shell block: lines joined, comments, env prefixes and redirections gone."""
-    commands: list[list[str]] = []
-    pending = ""
-    for line in block.text.splitlines():
-        pending = f"{pending[:-1]} {line}" if pending.endswith("\\") else f"{pending}\n{line}"
-        try:
-            words = shlex.split(pending, comments=True)
-        except ValueError:  # a quote spans lines (a JSON body): read on
-            continue
-        if pending.endswith("\\"):
-            continue
-        pending = ""
-        command: list[str] = []
-        for word in [*words, ";"]:
-            if word in SHELL_OPERATORS:
-                if command:
-                    commands.append(command)
-                command = []
-            elif command and command[-1] in REDIRECTIONS:
-                command.pop()  # the redirection and its target say nothing about the command
-            elif not command and re.match(r"^[A-Z_][A-Z0-9_]*=", word):
-                continue  # an environment assignment before the command
-            else:
-                command.append(word)
-    assert not pending.strip(), f"{block.where}: unfinished shell line {pending!r}"
-    return commands
 
 
 def make_targets() -> set[str]:
@@ -142,14 +53,6 @@ def check_command(argv: list[str], parser: argparse.ArgumentParser, targets: set
         return None if importlib.util.find_spec(argv[2]) else f"no module {argv[2]}"
     missing = [w for w in argv[1:] if REPO_PATH.match(w) and not (ROOT / w).exists()]
     return f"no such path {missing}" if missing else None
-
-
-def test_the_readme_is_a_front_page() -> None:
-    lines = README.read_text().splitlines()
-    assert len(lines) < README_MAX_LINES, f"README has {len(lines)} lines; move detail into docs/"
-    linked = {m.group(1).split("#")[0] for m in LINK.finditer(README.read_text())}
-    unlinked = [p.name for p in DOCUMENTS[1:] if f"docs/{p.name}" not in linked]
-    assert not unlinked, f"docs not linked from the README: {unlinked}"
 
 
 def test_shell_blocks_name_real_make_targets_genq_commands_and_paths() -> None:
@@ -251,19 +154,6 @@ def test_python_blocks_compile_and_their_project_imports_resolve() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_documented_settings_exist_and_every_setting_is_documented() -> None:
-    from shared.settings import Settings
-
-    fields = {f"GENQ_{name.upper()}" for name in Settings.model_fields}
-    named = {v for path in DOCUMENTS for v in re.findall(r"GENQ_[A-Z0-9_]+", path.read_text())}
-    compose = set(re.findall(r"GENQ_[A-Z0-9_]+", (ROOT / "docker-compose.yml").read_text()))
-    unknown = named - fields - CLIENT_VARIABLES - PLACEHOLDER_VARIABLES - compose
-    assert not unknown, f"the documents name settings that do not exist: {sorted(unknown)}"
-    table = (ROOT / "docs" / "operations.md").read_text()
-    undocumented = {f for f in fields if f"| `{f}` |" not in table}
-    assert not undocumented, f"settings missing from docs/operations.md's table: {sorted(undocumented)}"
-
-
 @pytest.mark.parametrize("block", all_blocks("json"), ids=lambda b: b.where)
 def test_json_examples_are_json(block: Block) -> None:
     try:
@@ -271,76 +161,3 @@ def test_json_examples_are_json(block: Block) -> None:
     except ValueError:  # JSON lines: one object a line
         for line in filter(str.strip, block.text.splitlines()):
             json.loads(line)
-
-
-def _slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = heading.strip().lower().replace("`", "")
-    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-
-
-def anchors(path: Path) -> set[str]:
-    """The anchors of a document's headings, with GitHub's -1, -2 for repeats."""
-    seen: dict[str, int] = {}
-    for line in parse(path)[1]:
-        if m := re.match(r"^#{1,6} (.+)$", line):
-            slug = _slug(m.group(1))
-            seen[slug] = seen.get(slug, -1) + 1
-    return {s if n == 0 else f"{s}-{n}" for s, count in seen.items() for n in range(count + 1)}
-
-
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_links_and_named_files_exist(path: Path) -> None:
-    blocks, prose = parse(path)
-    text = "\n".join(prose)
-    problems = []
-    for target in LINK.findall(text):
-        if re.match(r"^[a-z]+:", target):
-            continue  # http(s), mailto: not this repository's
-        file, _, anchor = target.partition("#")
-        linked = (path.parent / file).resolve() if file else path
-        if not linked.exists():
-            problems.append(f"link to a missing file: {target}")
-        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
-            problems.append(f"link to a missing heading: {target}")
-    for code in re.findall(r"`([^`\n]+)`", text):
-        if REPO_PATH.match(code) and not (ROOT / code).exists():
-            problems.append(f"names a missing path: {code}")
-        elif (dotted := DOTTED_NAME.match(code)) and (problem := _dotted(dotted.group(0))):
-            problems.append(f"names {code}: {problem}")
-    problems += [f"code map: {p}" for b in blocks if b.lang == "text" for p in _code_map_problems(b)]
-    assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
-
-
-def _dotted(name: str) -> str | None:
-    """Say what is missing of a dotted name such as shared.webhooks.verify_signature, or None."""
-    parts = name.rstrip(".").split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
-            continue
-        for attr in parts[cut:]:
-            if not hasattr(obj, attr):
-                return f"{obj.__name__} has no {attr}"
-            obj = getattr(obj, attr)
-        return None
-    return "no such module"
-
-
-def _code_map_problems(block: Block) -> list[str]:
-    """The files and folders a map of the code names that do not exist."""
-    problems, folder = [], ROOT
-    for line in block.text.splitlines():
-        if line and not line[0].isspace():
-            head = line.split()[0]
-            folder = ROOT / head if head.endswith("/") else ROOT
-            if not (ROOT / head).exists():
-                problems.append(f"no {head}")
-        words = re.sub(r"`[^`]*`", "", line).split()[0 if line[:1].isspace() else 1 :]
-        for name in re.findall(
-            r"\b([\w-]+(?:\.py|\.sh|\.Dockerfile|\.yml)|[a-z_]+/)(?=[\s,)]|$)", " ".join(words)
-        ):
-            if not ((folder / name).exists() or (ROOT / name).exists()):
-                problems.append(f"no {folder.relative_to(ROOT) / name}")
-    return problems
