@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from api.auth import install_auth
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     setup_logging(settings)  # JSON lines on stdout; calling create_app again adds no handler
     app = Flask("genq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's default; keep our field order
     app.json.sort_keys = False
     Context.build(settings).install(app)
     register_error_handlers(app)  # genq's envelope; the OpenAI routes answer in OpenAI's

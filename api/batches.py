@@ -227,7 +227,9 @@ def _submit_batch(
         raise _full(f"model {str(exc)!r}", settings.max_queued, n, ErrorCode.QUEUE_FULL) from None
     try:
         for j in new:
-            enqueue(ctx.celery, settings.model(j.request.model).queue, j.job_id, j.request.priority)
+            spec = settings.model(j.request.model)
+            assert spec is not None, "check_limits first"
+            enqueue(ctx.celery, spec.queue, j.job_id, j.request.priority)
     except Exception:
         # Only Redis failing midway gets here; a job whose message is lost would still be re-sent
         # by the reconciler, but the client is told "refused", so nothing may run.

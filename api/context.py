@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 from flask import Flask, current_app, g
+from flask.sansio.app import App
 
 from shared.batchstore import BatchStore
 from shared.celery_app import make_celery
@@ -43,7 +44,7 @@ class Context:
         app.extensions[EXTENSION] = self
 
     @staticmethod
-    def of(app: Flask) -> Context:
+    def of(app: App) -> Context:
         """Return app's context."""
         return app.extensions[EXTENSION]
 

@@ -29,11 +29,8 @@ def make_targets() -> set[str]:
 
 
 def cli_parser() -> argparse.ArgumentParser:
-    """The `genq` command's argument parser: genq.cli once it exists, else today's shared.cli."""
-    for name in ("genq.cli", "shared.cli"):  # HACK: shared.cli until issue 10's genq/ package lands
-        if importlib.util.find_spec(name.split(".")[0]) and importlib.util.find_spec(name):
-            return importlib.import_module(name).build_parser()
-    raise AssertionError("no genq command parser")
+    """The `genq` command's argument parser."""
+    return importlib.import_module("genq.cli").build_parser()
 
 
 def check_command(argv: list[str], parser: argparse.ArgumentParser, targets: set[str]) -> str | None:
@@ -125,10 +122,7 @@ def _resolve(module: str, names: list[str]) -> str | None:
     try:
         imported = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if module != "genq":
-            return f"no module {module} ({exc})"
-        # HACK: until issue 10's genq/ package lands, `from genq import Client` means shared.client.
-        imported = importlib.import_module("shared.client")
+        return f"no module {module} ({exc})"
     missing = [n for n in names if not hasattr(imported, n)]
     return f"{module} has no {missing}" if missing else None
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+
 from api.openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -14,7 +17,7 @@ from api.openai.schemas import (
     OpenAIErrorResponse,
 )
 
-OPENAPI_MODELS = [
+OPENAPI_MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (ChatCompletionRequest, "validation"),
     (CompletionRequest, "validation"),
     (ChatCompletion, "serialization"),

@@ -196,6 +196,7 @@ def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
                     yield error.chunk()
                     yield DONE
                     return
+                assert job is not None  # failure() answers a missing record
                 ended[i] = job
                 delta = sent[i].final(job.output.text if job.output else "")
                 if delta:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from api.context import Context, current
 from api.errors import ApiError, OpenAIHTTPError, openai, register_error_handlers, to_openai
@@ -79,7 +79,7 @@ def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
 
 
 # --- requests → jobs ----------------------------------------------------------
-def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
+def _validate(cls: type[ChatCompletionRequest | CompletionRequest], data: dict[str, Any]) -> Any:
     try:
         req = cls.model_validate(data)
     except ValidationError as exc:
@@ -213,6 +213,7 @@ def _collect(ctx: Context, queued: list[JobPublic], reply: Reply) -> list[JobPub
             error = failure(job, reply.prompt_param)
             if error is not None:
                 raise error
+            assert job is not None  # failure() answers a missing record
             done.append(job)
     except BaseException:
         cancel(ctx.store, [q.id for q in queued[len(done) :]])
