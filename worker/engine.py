@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from shared.schemas import ErrorCode, FinishReason
+from worker.logprobs import TokenLogprob, describe, prompt_logprobs, sampled_logprobs
 from worker.sampling import RowParams, next_tokens
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Request:
     ignore_eos: bool = False
     deadline: float | None = None  # Unix seconds; past it the job stops with finish reason TIMEOUT
     solo: bool = False  # run with no other job in the batch (a job whose last worker died)
+    logprobs: int | None = None  # None = none; k = each new token's logprob and its top k alternatives
+    prompt_logprobs: int | None = None  # echo: None = none; k = each prompt token's logprob and top k
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Result:
     generate_s: float  # admission → last token
     decode_s: float  # final detokenization
     first_token_s: float | None = None  # admission → first token; None when no token was made
+    logprobs: list[dict] | None = None  # per new token (worker/logprobs.describe), when asked
+    prompt_logprobs: list[dict] | None = None  # per prompt token, the first with logprob None, when asked
 
 
 class Hooks:
@@ -79,6 +84,8 @@ class _Row:
     prefix_offset: int = 0  # incremental detokenization window, as in TGI
     read_offset: int = 0
     first_token: float | None = None  # perf_counter() when the first token was appended
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per appended token, when asked
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 class Engine:
@@ -108,6 +115,7 @@ class Engine:
         self._seen: torch.Tensor | None = None  # [rows, vocab] tokens each row has seen (repetition penalty)
         self._wake = threading.Event()
         self.threads: set[str] = set()  # names of the threads that have run steps (a worker: one)
+        self._picked: dict[int, TokenLogprob] = {}  # last sampled step's logprobs, by row offset
 
     # --- inputs -------------------------------------------------------------
     def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
@@ -120,6 +128,10 @@ class Engine:
             prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return self.tokenizer(prompt)["input_ids"]
+
+    def token_text(self, token_id: int) -> str:
+        """Return one token's text as the tokenizer decodes it alone."""
+        return self.tokenizer.decode([token_id])
 
     def submit(self, req: Request) -> Future:
         """Queue a request for the next step; the future resolves to its Result."""
@@ -198,10 +210,15 @@ class Engine:
         )
         cache = DynamicCache(config=self.model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        echo: dict[int, list[TokenLogprob]] = {}
         try:
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1
-            )
+            if any(r.prompt_logprobs is not None for r, _ in new):
+                logits, echo = self._prefill_echo(new, ids, mask, positions, cache)
+            else:
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1
+                )
+                logits = out.logits[:, -1, :]
         except Exception as exc:  # fail only the jobs being admitted; the running batch goes on
             log.exception("prefill of %d jobs failed", len(new))
             for _, future in new:
@@ -211,7 +228,42 @@ class Engine:
         for i, (r, _) in enumerate(new):
             seen[i, r.input_ids] = True
         rows = [_Row(req=r, future=f, generator=_generator(r, self.device), started=now) for r, f in new]
-        self._merge(rows, cache, mask, seen, out.logits[:, -1, :].float())
+        for i, entries in echo.items():
+            rows[i].prompt_logprobs = entries
+        # Scoring jobs (max_new_tokens 0) end at prefill: they never join the decoding batch.
+        going = [i for i, r in enumerate(rows) if r.req.max_new_tokens > 0]
+        for i, row in enumerate(rows):
+            if row.req.max_new_tokens == 0:
+                row.future.set_result(self._finish(row, FinishReason.LENGTH)[1])
+        if not going:
+            return
+        if len(going) < len(rows):
+            keep = torch.tensor(going, device=self.device)
+            rows, mask, seen, logits = [rows[i] for i in going], mask[keep], seen[keep], logits[keep]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        self._merge(rows, cache, mask, seen, logits.float())
+
+    def _prefill_echo(
+        self,
+        new: list[tuple[Request, Future]],
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> tuple[torch.Tensor, dict[int, list[TokenLogprob]]]:
+        """Prefill keeping hidden states, so echo rows get prompt logprobs; return last logits and those."""
+        hidden = self.model.get_decoder()(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        ).last_hidden_state
+        head = self.model.get_output_embeddings()
+        echo = {}
+        for i, (r, _) in enumerate(new):
+            if r.prompt_logprobs is not None:
+                # The row's prompt sits at the right end of the padded batch.
+                own = hidden[i, hidden.shape[1] - len(r.input_ids) :]
+                echo[i] = prompt_logprobs(own, head, r.input_ids, r.prompt_logprobs)
+        return head(hidden[:, -1, :]), echo
 
     def _merge(
         self,
@@ -261,6 +313,8 @@ class Engine:
         seen = self._seen[first:] if any(r.req.params.repetition_penalty != 1.0 for r in rows) else None
         tokens = next_tokens(logits, [r.req.params for r in rows], [r.generator for r in rows], seen)
         self._seen[torch.arange(first, first + len(rows), device=self.device), tokens] = True
+        # Raw logits (before penalties, temperature and filters), as vLLM reports by default.
+        self._picked = sampled_logprobs(logits, tokens, [r.req.logprobs for r in rows])
         return tokens
 
     def _advance(self, tokens: torch.Tensor, first: int) -> None:
@@ -276,6 +330,8 @@ class Engine:
                 finished[i] = FinishReason.EOS
                 continue
             row.ids.append(token)
+            if offset in self._picked:
+                row.logprobs.append(self._picked[offset])
             if row.first_token is None:
                 row.first_token = made_at
             reason = self._extend_text(row)
@@ -349,6 +405,10 @@ class Engine:
             generate_s=t0 - row.started,
             decode_s=decode_s,
             first_token_s=None if row.first_token is None else row.first_token - row.started,
+            logprobs=None if row.req.logprobs is None else describe(row.logprobs, self.token_text),
+            prompt_logprobs=None
+            if row.prompt_logprobs is None
+            else describe(row.prompt_logprobs, self.token_text),
         )
         return text[row.emitted :], result
 

@@ -1,0 +1,146 @@
+"""Engine log-probabilities on the tiny model, checked against a direct full forward pass."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.settings import ModelSpec
+from worker.engine import Engine, Request
+from worker.loader import load_model
+from worker.sampling import RowParams
+
+CONTEXT = 512  # tokens
+TOL = 1e-4  # logprob agreement with the direct forward pass
+GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+# A row whose sampling distorts the distribution: logprobs must still come from the raw logits.
+SHAPED = RowParams(sampling=True, temperature=0.5, top_k=5, top_p=0.8, repetition_penalty=1.3)
+PROMPTS = [
+    "Hi",
+    "The quick brown fox",
+    "What is the capital of France? The capital",
+    "Once upon a time there was a tiny model that generated text token by token. " * 2,
+]
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path, cache_dir: Path):
+    """The tiny model and tokenizer, loaded the way the worker loads them."""
+    spec = ModelSpec(
+        name="tiny", source=str(tiny_model_dir), context_length=CONTEXT, max_new_tokens_cap=CONTEXT - 1
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from threads on busy cores
+    yield load_model(spec, "cpu", cache_dir)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def engine(tiny) -> Engine:
+    model, tokenizer = tiny
+    return Engine(model, tokenizer, max_batch=8, context_length=CONTEXT)
+
+
+def req(engine: Engine, prompt: str, max_new: int = 6, params: RowParams = GREEDY, **kw) -> Request:
+    return Request(f"lp-{next(_ids)}", engine.encode(prompt), max_new, params, seed=1, **kw)
+
+
+def full_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """Return log_softmax of every position's raw logits [len(ids), vocab] from one unbatched forward."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def test_sampled_logprobs_match_forward_pass(engine: Engine, tiny) -> None:
+    model, _ = tiny
+    reqs = [
+        req(engine, p, params=GREEDY if i % 2 else SHAPED, logprobs=i * 3, ignore_eos=True)
+        for i, p in enumerate(PROMPTS)
+    ]
+    plain = req(engine, "The quick", max_new=4)
+    results = engine.generate([*reqs, plain])
+    assert results[-1].logprobs is None and results[-1].prompt_logprobs is None
+    for r, res in zip(reqs, results[:-1], strict=True):
+        entries = res.logprobs
+        assert entries is not None and len(entries) == res.completion_tokens > 0
+        made = [e["id"] for e in entries]
+        lp = full_logprobs(model, r.input_ids + made)
+        for j, e in enumerate(entries):
+            row = lp[len(r.input_ids) - 1 + j]
+            assert abs(e["logprob"] - float(row[e["id"]])) < TOL
+            assert len(e["top_logprobs"]) == r.logprobs
+            want = row.topk(r.logprobs) if r.logprobs else None
+            for got, (value, index) in zip(
+                e["top_logprobs"], zip(*want, strict=True) if want else [], strict=True
+            ):
+                assert got["id"] == int(index) and abs(got["logprob"] - float(value)) < TOL
+            assert e["token"] == engine.tokenizer.decode([e["id"]])
+
+
+@pytest.mark.parametrize("max_new", [0, 1])
+def test_prompt_logprobs_match_forward_pass(engine: Engine, tiny, max_new: int) -> None:
+    model, _ = tiny
+    echo = [
+        req(engine, p, max_new=max_new, prompt_logprobs=k, logprobs=k) for p, k in zip(PROMPTS, [0, 1, 5, 20])
+    ]
+    others = [
+        req(engine, "What is", max_new=3, ignore_eos=True),
+        req(engine, "The lazy dog", max_new=2, logprobs=2, ignore_eos=True),
+    ]
+    results = engine.generate([*echo, *others])
+    assert [r.completion_tokens for r in results[len(echo) :]] == [3, 2]  # the others still decode
+    assert engine.active == 0
+    for r, res in zip(echo, results[: len(echo)], strict=True):
+        entries = res.prompt_logprobs
+        assert entries is not None and [e["id"] for e in entries] == r.input_ids
+        assert entries[0]["logprob"] is None and entries[0]["top_logprobs"] == []
+        lp = full_logprobs(model, r.input_ids)
+        for j, e in enumerate(entries[1:], start=1):
+            assert abs(e["logprob"] - float(lp[j - 1, r.input_ids[j]])) < TOL
+            values, index = lp[j - 1].topk(r.prompt_logprobs) if r.prompt_logprobs else ([], [])
+            assert [t["id"] for t in e["top_logprobs"]] == [int(i) for i in index]
+            assert all(
+                abs(t["logprob"] - float(v)) < TOL for t, v in zip(e["top_logprobs"], values, strict=True)
+            )
+        assert res.completion_tokens <= max_new and res.prompt_tokens == len(r.input_ids)
+        if max_new == 0:
+            assert res.text == "" and res.logprobs == []
+    assert all(res.prompt_logprobs is None for res in results[len(echo) :])
+
+
+def test_echo_long_prompt_is_chunked(engine: Engine, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt many chunks long gets the same prompt logprobs as from one forward pass."""
+    import worker.logprobs as logprobs
+
+    seen: list[int] = []
+    real = logprobs._entries
+
+    def counting(logits, chosen, k):
+        seen.append(logits.shape[0])
+        return real(logits, chosen, k)
+
+    monkeypatch.setattr(logprobs, "_entries", counting)
+    monkeypatch.setattr(logprobs.prompt_logprobs, "__defaults__", (16,))  # chunk of 16 positions
+    model, _ = tiny
+    long = req(engine, PROMPTS[3] * 3, max_new=0, prompt_logprobs=2)
+    (res,) = engine.generate([long])
+    assert max(seen) <= 16 and len(seen) >= 3
+    lp = full_logprobs(model, long.input_ids)
+    got = torch.tensor([e["logprob"] for e in res.prompt_logprobs[1:]])
+    want = lp[torch.arange(len(long.input_ids) - 1), torch.tensor(long.input_ids[1:])]
+    assert torch.allclose(got, want, atol=TOL)
+
+
+def test_logprobs_do_not_change_text(engine: Engine) -> None:
+    """Asking for logprobs (or echo) leaves the generated text as it was."""
+    asked = [req(engine, p, max_new=8, logprobs=3, prompt_logprobs=3) for p in PROMPTS]
+    plain = [req(engine, p, max_new=8) for p in PROMPTS]
+    a = engine.generate(asked)
+    b = engine.generate(plain)
+    assert [x.text for x in a] == [y.text for y in b]
