@@ -87,7 +87,8 @@ def test_sampled_logprobs_match_forward_pass(engine: Engine, tiny) -> None:
 def test_prompt_logprobs_match_forward_pass(engine: Engine, tiny, max_new: int) -> None:
     model, _ = tiny
     echo = [
-        req(engine, p, max_new=max_new, prompt_logprobs=k, logprobs=k) for p, k in zip(PROMPTS, [0, 1, 5, 20])
+        req(engine, p, max_new=max_new, prompt_logprobs=k, logprobs=k)
+        for p, k in zip(PROMPTS, [0, 1, 5, 20], strict=True)
     ]
     others = [
         req(engine, "What is", max_new=3, ignore_eos=True),

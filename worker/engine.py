@@ -232,7 +232,7 @@ class Engine:
             rows[i].prompt_logprobs = entries
         # Scoring jobs (max_new_tokens 0) end at prefill: they never join the decoding batch.
         going = [i for i, r in enumerate(rows) if r.req.max_new_tokens > 0]
-        for i, row in enumerate(rows):
+        for row in rows:
             if row.req.max_new_tokens == 0:
                 row.future.set_result(self._finish(row, FinishReason.LENGTH)[1])
         if not going:
