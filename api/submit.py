@@ -15,15 +15,23 @@ from celery import Celery
 from api.errors import ApiError, invalid
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
-from shared.schemas import ErrorCode, JobCreate, JobPublic, Webhook
+from shared.schemas import MAX_STOP_STRINGS, ErrorCode, JobCreate, JobPublic, Webhook
 from shared.settings import Settings
 from shared.webhooks import RefusedURL, resolve
 
 QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds (as api/errors.py RETRY_AFTER_S)
 
 
-def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
+def check_limits(settings: Settings, job: JobCreate, max_stops: int = MAX_STOP_STRINGS) -> JobCreate:
     """Check a schema-valid job against the catalog and settings; fill in its model and max_new_tokens."""
+    if len(job.stop) > max_stops:
+        raise invalid(ErrorCode.VALIDATION_ERROR, f"at most {max_stops} stop strings", "stop")
+    if job.max_new_tokens == 0 and not job.echo:
+        raise invalid(
+            ErrorCode.VALIDATION_ERROR,
+            "max_new_tokens 0 (score the prompt only) needs echo",
+            "max_new_tokens",
+        )
     spec = settings.model(job.model)
     if spec is None:
         raise invalid(
@@ -39,6 +47,7 @@ def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
             "max_new_tokens",
         )
     chars = len(job.prompt) if job.prompt is not None else sum(len(m.content) for m in job.messages or [])
+    chars += len(job.prompt_ids or [])  # a token is at least one character
     if chars > settings.max_prompt_chars:
         raise invalid(
             ErrorCode.PROMPT_TOO_LONG,
@@ -67,9 +76,20 @@ def check_limits(settings: Settings, job: JobCreate) -> JobCreate:
         )
     if job.webhook is not None:
         check_webhook(settings, job.webhook)
-    return job.model_copy(
-        update={"model": spec.name, "max_new_tokens": job.max_new_tokens or spec.default_max_new_tokens}
-    )
+    max_new = spec.default_max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
+    check_prompt_ids(job, spec.context_length, max_new)
+    return job.model_copy(update={"model": spec.name, "max_new_tokens": max_new})
+
+
+def check_prompt_ids(job: JobCreate, context_length: int, max_new: int) -> None:
+    """Refuse token ids that cannot fit the model's context (their vocabulary is checked by the caller)."""
+    if job.prompt_ids is not None and len(job.prompt_ids) + max_new > context_length:
+        raise invalid(
+            ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+            f"prompt has {len(job.prompt_ids)} tokens and max_new_tokens is {max_new}: "
+            f"{len(job.prompt_ids) + max_new} exceeds the model's context length of {context_length}",
+            "prompt_ids",
+        )
 
 
 def check_webhook(settings: Settings, webhook: Webhook) -> None:

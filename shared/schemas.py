@@ -9,9 +9,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_STOP_STRINGS = 4  # stop sequences per job
+MAX_STOP_STRINGS = 4  # stop sequences per job (genq's API and chat; checked in api/submit.py)
+MAX_STORED_STOPS = 32  # stop sequences a job may hold (/v1/completions allows more, as the harness sends)
 MAX_STOP_CHARS = 64  # characters per stop sequence
 MAX_METADATA_DEPTH = 8  # nesting levels of metadata objects and lists
+MAX_TOP_LOGPROBS = 20  # alternatives per token a job may ask for (as OpenAI)
 
 
 def _depth(value: Any) -> int:
@@ -119,7 +121,7 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
+    max_new_tokens: Annotated[int, Field(ge=0)] | None = None  # None = the model's default; 0 only with echo
     temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0  # 0 = greedy; < 1 sharper, > 1 flatter
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # nucleus mass kept; 1.0 = all tokens
     top_k: Annotated[int, Field(ge=0, le=100_000)] = 0  # keep the k likeliest tokens; 0 = all
@@ -127,7 +129,7 @@ class GenerationParams(BaseModel):
     do_sample: bool | None = None  # None = sample when temperature > 0; False forces greedy
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None  # same seed and input, same text
     stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
-        default_factory=list, max_length=MAX_STOP_STRINGS
+        default_factory=list, max_length=MAX_STORED_STOPS
     )  # output is cut before the first match
     ignore_eos: bool = False  # keep generating to max_new_tokens (fixed work for benchmarks)
 
@@ -194,11 +196,17 @@ class JobCreate(GenerationParams):
 
     model: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # None = catalog's first
     prompt: str | None = None  # plain text, continued as is
+    prompt_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = (
+        None  # token ids, as sent
+    )
     messages: list[Message] | None = None  # chat, rendered with the model's chat template
     metadata: dict[str, Any] | None = None  # echoed back unchanged
     priority: Priority = Priority.INTERACTIVE
     timeout_s: Annotated[float, Field(gt=0)] | None = None  # deadline from submission; capped by settings
     webhook: Webhook | None = None  # POST the job there on these events, signed (see shared/webhooks.py)
+    logprobs: bool = False  # output.logprobs: each new token's log-probability (raw logits)
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] = 0  # alternatives per token
+    echo: bool = False  # output.prompt_logprobs: each prompt token's log-probability given those before
 
     @field_validator("prompt")
     @classmethod
@@ -217,8 +225,8 @@ class JobCreate(GenerationParams):
 
     @model_validator(mode="after")
     def _one_input(self) -> JobCreate:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if [self.prompt, self.messages, self.prompt_ids].count(None) != 2:
+            raise ValueError("give exactly one of 'prompt', 'prompt_ids' or 'messages'")
         if self.prompt is not None and not self.prompt:
             raise ValueError("'prompt' must not be empty")
         if self.messages is not None and not self.messages:
@@ -233,11 +241,28 @@ class JobError(BaseModel):
     message: str
 
 
+class TopLogprob(BaseModel):
+    """One alternative token and its log-probability."""
+
+    token: str
+    id: int
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """One token's log-probability (None for a prompt's first token) and its top alternatives."""
+
+    logprob: float | None  # type: ignore[assignment]  # a prompt's first token has none
+    top_logprobs: list[TopLogprob] = []
+
+
 class Output(BaseModel):
     """The generated text and why it ended."""
 
     text: str
     finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when the job asked
+    prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token, when the job asked (echo)
 
 
 class Usage(BaseModel):

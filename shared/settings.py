@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # largest request body, in bytes
     max_prompt_chars: Annotated[int, Field(ge=1)] = 100_000  # prompt or all messages together, in characters
     max_messages: Annotated[int, Field(ge=1)] = 256  # chat messages per job
+    max_prompts_per_request: Annotated[int, Field(ge=1)] = 64  # prompts in one /v1/completions request
     max_metadata_bytes: Annotated[int, Field(ge=0)] = 4096  # metadata, as compact JSON, in bytes
     max_wait: Annotated[int, Field(ge=0, le=60)] = 60  # longest ?wait=, in seconds
     max_batch_items: Annotated[int, Field(ge=1)] = 1000  # jobs in one POST /v1/batches

@@ -49,6 +49,8 @@ def engine_request(record: JobRecord, input_ids: list[int]) -> Request:
         job.ignore_eos,
         deadline=record.deadline,
         solo=record.isolate,
+        logprobs=job.top_logprobs if job.logprobs else None,
+        prompt_logprobs=job.top_logprobs if job.echo else None,
     )
 
 
@@ -113,13 +115,23 @@ def outcome(
     return Outcome(
         status=status,
         error=error,
-        output={"text": result.text, "finish_reason": result.finish_reason.value},
+        output=_output(result),
         usage={"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
         timings=timings,
         seed=req.seed if req.params.sampling else None,
         ttft_s=ttft_s,
         tokens_per_s=tokens_per_s,
     )
+
+
+def _output(result: Result) -> dict[str, Any]:
+    """Return the stored output: text, finish reason, and the log-probabilities the job asked for."""
+    out: dict[str, Any] = {"text": result.text, "finish_reason": result.finish_reason.value}
+    if result.logprobs is not None:
+        out["logprobs"] = result.logprobs
+    if result.prompt_logprobs is not None:
+        out["prompt_logprobs"] = result.prompt_logprobs
+    return out
 
 
 def failure(code: ErrorCode, message: str) -> dict[str, str]:

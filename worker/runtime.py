@@ -230,7 +230,7 @@ class Runtime:
         started = time.time()
         t0 = time.perf_counter()
         messages = [m.model_dump(mode="json") for m in job.messages] if job.messages else None
-        input_ids = self.engine.encode(prompt=job.prompt, messages=messages)
+        input_ids = job.prompt_ids or self.engine.encode(prompt=job.prompt, messages=messages)
         tokenize_s = time.perf_counter() - t0
         if self.settings.fault_injection and CRASH_MARKER in (job.prompt or json.dumps(messages)):
             os.kill(os.getpid(), signal.SIGKILL)  # a poison job, for the fault-injection tests

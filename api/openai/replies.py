@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from api.errors import OpenAIHTTPError
 from api.events import KEEPALIVE, data_event, merged_events
+from api.openai.logprobs import chat_logprobs, completion_logprobs, echoed_text
 from api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -59,9 +60,12 @@ def failure(job: JobPublic | None, prompt_param: str) -> OpenAIHTTPError | None:
     return OpenAIHTTPError(500, message, "server_error", None, str(code))
 
 
-def usage(jobs: list[JobPublic]) -> CompletionUsage:
-    """Count the prompt once (all choices share it) and the completions of every choice."""
-    prompt = max((j.usage.prompt_tokens for j in jobs if j.usage), default=0)
+def usage(jobs: list[JobPublic], n: int = 1) -> CompletionUsage:
+    """Count each prompt once (its n choices share it) and the completions of every choice."""
+    prompt = sum(
+        max((j.usage.prompt_tokens for j in jobs[g : g + n] if j.usage), default=0)
+        for g in range(0, len(jobs), n)
+    )
     completion = sum(j.usage.completion_tokens for j in jobs if j.usage)
     return CompletionUsage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
@@ -81,6 +85,8 @@ class Reply:
     created: int
     model: str
     include_usage: bool = False
+    n: int = 1  # choices per prompt: choice i answers prompt i // n
+    echo: bool = False  # a text choice starts with its prompt
 
     @property
     def prompt_param(self) -> str:
@@ -89,19 +95,25 @@ class Reply:
 
     def complete(self, jobs: list[JobPublic]) -> ChatCompletion | Completion:
         """Return the whole answer for finished jobs, choice i from job i."""
-        head = {"id": self.id, "created": self.created, "model": self.model, "usage": usage(jobs)}
+        head = {"id": self.id, "created": self.created, "model": self.model, "usage": usage(jobs, self.n)}
         if self.chat:
             choices = [
                 ChatChoice(
                     index=i,
                     message=AssistantMessage(content=j.output.text if j.output else ""),
                     finish_reason=_finish(j),
+                    logprobs=chat_logprobs(j),
                 )
                 for i, j in enumerate(jobs)
             ]
             return ChatCompletion(**head, choices=choices)
         texts = [
-            CompletionChoice(index=i, text=j.output.text if j.output else "", finish_reason=_finish(j))
+            CompletionChoice(
+                index=i,
+                text=(echoed_text(j) if self.echo else "") + (j.output.text if j.output else ""),
+                finish_reason=_finish(j),
+                logprobs=completion_logprobs(j, self.echo),
+            )
             for i, j in enumerate(jobs)
         ]
         return Completion(**head, choices=texts)
@@ -125,7 +137,7 @@ class Reply:
         """Return the last chunk of an include_usage stream: no choices, the request's usage."""
         cls = ChatCompletionChunk if self.chat else CompletionChunk
         return self._event(
-            cls(id=self.id, created=self.created, model=self.model, choices=[], usage=usage(jobs))
+            cls(id=self.id, created=self.created, model=self.model, choices=[], usage=usage(jobs, self.n))
         )
 
     def _event(self, body: BaseModel) -> str:

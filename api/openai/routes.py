@@ -21,7 +21,7 @@ from api.openai.replies import Reply, cancel, failure, stream
 from api.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from api.submit import check_limits, submit
 from api.wire import read_json_object
-from shared.schemas import JobCreate, JobPublic
+from shared.schemas import MAX_STOP_STRINGS, MAX_STORED_STOPS, JobCreate, JobPublic
 from shared.settings import Settings
 
 openai_bp = Blueprint("openai", __name__)
@@ -58,7 +58,19 @@ def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[A
         budget = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         return req, _jobs(settings, req, {"messages": messages}, getattr(req, budget), budget)
     req = _validate(CompletionRequest, data)
-    return req, _jobs(settings, req, {"prompt": req.text}, req.max_tokens, "max_tokens")
+    prompts = req.prompts
+    if not prompts or len(prompts) > settings.max_prompts_per_request:
+        raise OpenAIHTTPError(
+            400,
+            f"'prompt' needs 1 to {settings.max_prompts_per_request} prompts; it has {len(prompts)}",
+            param="prompt",
+            code="invalid_value",
+        )
+    jobs = []
+    for p in prompts:
+        inputs = {"prompt": p} if isinstance(p, str) else {"prompt_ids": p}
+        jobs += _jobs(settings, req, inputs, req.max_tokens, "max_tokens")
+    return req, jobs
 
 
 def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
@@ -69,6 +81,8 @@ def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
         created=int(time.time()),
         model=queued[0].model,
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
+        n=req.n or 1,
+        echo=bool(getattr(req, "echo", False)),
     )
     headers = {"X-Genq-Job-Ids": ",".join(j.id for j in queued)}  # to follow or cancel them via /v1/jobs
     if req.stream:
@@ -178,14 +192,26 @@ def _jobs(
         for k in ("top_k", "repetition_penalty", "ignore_eos")
         if getattr(req, k) is not None
     }
-    renames = {"max_new_tokens": budget}
+    body |= _logprob_fields(req)
+    renames = {"max_new_tokens": budget, "prompt_ids": "prompt"}
+    max_stops = MAX_STOP_STRINGS if isinstance(req, ChatCompletionRequest) else MAX_STORED_STOPS
     try:
-        job = check_limits(settings, JobCreate.model_validate(body))
+        job = check_limits(settings, JobCreate.model_validate(body), max_stops)
     except ValidationError as exc:
         raise _invalid(exc, renames) from None
     except ApiError as exc:
         raise to_openai(exc, renames) from None
     return [job.model_copy(update={"seed": s}) for s in seeds]
+
+
+def _logprob_fields(req: Any) -> dict[str, Any]:
+    """Return the job fields that ask for log-probabilities (chat: logprobs, top_logprobs; text: k, echo)."""
+    if isinstance(req, ChatCompletionRequest):
+        return {"logprobs": True, "top_logprobs": req.top_logprobs or 0} if req.logprobs else {}
+    fields: dict[str, Any] = {"echo": bool(req.echo)}  # echo's text comes from the prompt's tokens
+    if req.logprobs is not None:
+        fields |= {"logprobs": True, "top_logprobs": req.logprobs}
+    return fields
 
 
 def _submit_all(ctx: Context, jobs: list[JobCreate]) -> list[JobPublic]:

@@ -10,10 +10,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.schemas import MAX_STOP_STRINGS, MAX_STORED_STOPS, MAX_TOP_LOGPROBS
+
 MAX_N = 8  # choices per request; each choice is its own genq job
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0 to 2 (genq's own API allows up to 5)
 MAX_SEED = 2**63 - 1 - MAX_N  # choice i runs with seed + i, which must fit genq's 63-bit seeds
 MAX_USER_CHARS = 256  # the `user` string, stored in the jobs' metadata
+TokenId = Annotated[int, Field(ge=0)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 
 FinishReason = Literal["stop", "length"]
 
@@ -87,8 +91,9 @@ class ChatCompletionRequest(_CreateRequest):
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # wins over max_tokens
-    logprobs: bool | None = None  # only false is supported
-    top_logprobs: int | None = None  # only 0 is supported
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    logprobs: bool | None = None  # each new token's log-probability (raw logits), in choices[i].logprobs
+    top_logprobs: TopLogprobs | None = None  # alternatives per token; needs logprobs true
     tools: list[Any] | None = None  # only empty is supported
     functions: list[Any] | None = None  # only empty is supported
     tool_choice: Any = None  # only "none" is supported
@@ -96,8 +101,10 @@ class ChatCompletionRequest(_CreateRequest):
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
-        if self.logprobs or self.top_logprobs:
-            return ("logprobs" if self.logprobs else "top_logprobs"), "log probabilities are not supported"
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "'top_logprobs' needs 'logprobs': true"
+        if self.logprobs and self.stream:
+            return "logprobs", "log probabilities are not supported on streamed answers yet"
         for name in ("tools", "functions"):
             if getattr(self, name):
                 return name, f"'{name}' (tool calling) is not supported"
@@ -111,20 +118,20 @@ class ChatCompletionRequest(_CreateRequest):
 class CompletionRequest(_CreateRequest):
     """POST /v1/completions."""
 
-    prompt: str | list[Any]  # a string, or a list of exactly one string
-    logprobs: int | None = None  # only null is supported
-    echo: bool | None = None  # only false is supported
+    # A string, a list of strings, a list of token ids, or a list of lists of token ids (one choice
+    # group per prompt; token ids are used as sent, no BOS added).
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # 0 = score the prompt (needs echo)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STORED_STOPS)] | None = None
+    logprobs: TopLogprobs | None = None  # k: each token's logprob and its k likeliest alternatives
+    echo: bool | None = None  # the answer starts with the prompt (and its logprobs, when asked)
     suffix: str | None = None  # only null is supported
     best_of: int | None = None  # only equal to n is supported
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
-        if isinstance(self.prompt, list) and (len(self.prompt) != 1 or not isinstance(self.prompt[0], str)):
-            return "prompt", "'prompt' must be a string or a list of one string (no batches, no token ids)"
-        if self.logprobs is not None:
-            return "logprobs", "log probabilities are not supported"
-        if self.echo:
-            return "echo", "'echo' is not supported"
+        if (self.logprobs is not None or self.echo) and self.stream:
+            return "logprobs", "log probabilities and echo are not supported on streamed answers yet"
         if self.suffix is not None:
             return "suffix", "'suffix' (insertion) is not supported"
         if self.best_of is not None and self.best_of != (self.n or 1):
@@ -132,9 +139,13 @@ class CompletionRequest(_CreateRequest):
         return super().unsupported()
 
     @property
-    def text(self) -> str:
-        """Return the one prompt string."""
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """Return the prompts, each a string or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [self.prompt]  # type: ignore[list-item]  # one prompt of token ids
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 # --- responses ----------------------------------------------------------------
@@ -153,12 +164,41 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class ChatTopLogprob(BaseModel):
+    """One alternative token of a chat completion."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(ChatTopLogprob):
+    """One generated token, its log-probability and its likeliest alternatives."""
+
+    top_logprobs: list[ChatTopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """The log-probabilities of a chat choice's tokens."""
+
+    content: list[ChatTokenLogprob]
+
+
+class CompletionLogprobs(BaseModel):
+    """Per token of a text choice (the prompt's first, with echo): text, logprob, alternatives, offset."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]  # each includes the chosen token
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     """One choice of a chat completion."""
 
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -198,7 +238,7 @@ class CompletionChoice(BaseModel):
 
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
