@@ -14,6 +14,7 @@ from api.jobs import jobs_bp
 from api.meta import meta_bp
 from api.metrics import metrics_bp
 from api.openai.routes import openai_bp
+from api.tokenizer import tokenizer_bp
 from shared.logs import setup_logging
 from shared.settings import Settings
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(meta_bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(tokenizer_bp)  # /tokenizer_info, /tokenize, /detokenize: behind the same auth
     app.register_blueprint(metrics_bp)  # GET /metrics: no key, no rate limit (not under /v1)
     # An interactive API page from the same /openapi.json; its assets ship in the package (no CDN).
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "genq API"}))

@@ -14,6 +14,7 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 
 from api.errors import ApiError
+from api.tokenizer import PATHS as TOKENIZER_PATHS
 from shared.jobstore import DEFAULT_TENANT
 from shared.keys import RATELIMIT
 from shared.redisconn import is_sentinel, limiter_uri
@@ -85,6 +86,11 @@ def authenticate(keys: list[ApiKey], header: str | None) -> str | None:
     return tenant
 
 
+def guarded(path: str) -> bool:
+    """Return True for the paths behind keys and rate limits: /v1 and the tokenizer routes at the root."""
+    return path.startswith("/v1/") or path in TOKENIZER_PATHS
+
+
 def install_auth(app: Flask, settings: Settings) -> None:
     """Require a key on /v1 when keys exist, and limit each tenant's request rate."""
     keys = load_keys(settings)
@@ -100,7 +106,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _authenticate() -> None:
-        if not request.path.startswith("/v1/"):
+        if not guarded(request.path):
             return
         if not keys:
             g.tenant = DEFAULT_TENANT
@@ -125,7 +131,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
             key_func=lambda: f"tenant:{g.get('tenant', DEFAULT_TENANT)}",
             app=app,
             default_limits=[settings.rate_limit],
-            default_limits_exempt_when=lambda: not request.path.startswith("/v1/"),
+            default_limits_exempt_when=lambda: not guarded(request.path),
             storage_uri=limiter_uri(settings.redis_url, settings.redis_sentinel_master),
             storage_options=sentinel,
             strategy="fixed-window",  # 2 Redis calls per request; moving windows cost 5-10,

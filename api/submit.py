@@ -13,6 +13,7 @@ import time
 from celery import Celery
 
 from api.errors import ApiError, invalid
+from api.tokenizer import vocab_size
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
 from shared.schemas import MAX_STOP_STRINGS, ErrorCode, JobCreate, JobPublic, Webhook
@@ -78,6 +79,11 @@ def check_limits(settings: Settings, job: JobCreate, max_stops: int = MAX_STOP_S
         check_webhook(settings, job.webhook)
     max_new = spec.default_max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
     check_prompt_ids(job, spec.context_length, max_new)
+    vocab = vocab_size(spec.name) if job.prompt_ids is not None else None
+    if vocab is not None and max(job.prompt_ids or [0]) >= vocab:
+        raise invalid(
+            ErrorCode.VALIDATION_ERROR, f"token ids must be below the vocabulary size {vocab}", "prompt_ids"
+        )
     return job.model_copy(update={"model": spec.name, "max_new_tokens": max_new})
 
 

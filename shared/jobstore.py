@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from shared import keys, transitions
+from shared import keys, tokenizer_info, transitions
 from shared.metrics import record_job
 from shared.records import DEFAULT_TENANT, JobRecord
 from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
@@ -152,6 +152,18 @@ class JobStore:
     def ping(self) -> None:
         """Raise unless Redis answers (readiness checks)."""
         self.r.ping()
+
+    def publish_tokenizer(self, info: tokenizer_info.TokenizerInfo) -> None:
+        """Store a model's tokenizer for the API (a worker does at start)."""
+        tokenizer_info.publish(self.r, info)
+
+    def tokenizer_digest(self, model: str) -> str | None:
+        """Return the digest of a model's published tokenizer, None when none is published."""
+        return tokenizer_info.digest(self.r, model)
+
+    def tokenizer(self, model: str) -> tokenizer_info.TokenizerInfo | None:
+        """Return a model's published tokenizer, None when no worker has published one."""
+        return tokenizer_info.read(self.r, model)
 
     def owns(self, job_id: str, tenant: str) -> bool:
         """Return True when the job exists and belongs to the tenant."""

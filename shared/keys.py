@@ -25,6 +25,7 @@ WORKER = f"{PREFIX}:worker:"  # string: one worker's heartbeat (JSON)
 IDEMPOTENCY = f"{PREFIX}:idem:"  # string: a hashed Idempotency-Key → its job or batch
 EVENTS_SUFFIX = ":events"  # after a job's key: its event stream
 ENDED_SUFFIX = ":ended"  # after a job's key: its end (one entry)
+TOKENIZER = f"{PREFIX}:tokenizer:"  # hash per model: its tokenizer as a worker published it (digest, info)
 
 # Metrics (shared/metrics.py), kept in Redis so that every API process reports the same figures.
 METRICS = f"{PREFIX}:metrics"
@@ -44,6 +45,11 @@ LUA_PREFIXES = {
     "METRICS_MODELS": METRICS_MODELS,
     "METRICS_JOBS": METRICS_JOBS,
 }
+
+
+def tokenizer(model: str) -> str:
+    """Return the key of a model's published tokenizer (shared/tokenizer_info.py)."""
+    return TOKENIZER + model
 
 
 def job(job_id: str) -> str:

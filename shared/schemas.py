@@ -96,6 +96,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"  # the deadline passed while it ran; partial text kept
     WORKER_LOST = "worker_lost"  # its worker died on every attempt
     SERVICE_UNAVAILABLE = "service_unavailable"
+    TOKENIZER_UNAVAILABLE = "tokenizer_unavailable"  # no worker of the model has published its tokenizer yet
     INTERNAL = "internal_error"
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 from openai import OpenAI
 
 from genq.client import Client
+from shared.jobstore import JobStore
 
 PROMPTS = ["The quick brown fox", "What is the capital of France?"]
 TOL = 1e-4  # the same numbers travel two ways: through /v1/jobs and through /v1/completions
@@ -75,3 +77,36 @@ def test_chat_logprobs_match_the_native_job(start_worker, oai: OpenAI, client: C
     )
     plain = oai.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
     assert plain.choices[0].logprobs is None
+
+
+def test_tokenizer_endpoints_serve_the_workers_tokenizer(
+    start_worker, api_server: str, tiny_model_dir, store: JobStore
+) -> None:
+    from transformers import AutoTokenizer
+
+    info = httpx.get(f"{api_server}/tokenizer_info")
+    assert info.status_code == 503 and info.json()["error"]["code"] == "tokenizer_unavailable"
+    start_worker()
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    info = httpx.get(f"{api_server}/tokenizer_info", params={"model": "tiny"}).json()
+    assert info["eos_token"] == hf.eos_token and info["pad_token"] == hf.pad_token
+    assert info["chat_template"] == hf.chat_template and info["model"] == "tiny"
+    text = "What is the capital of France?"
+    tokens = httpx.post(f"{api_server}/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
+    assert tokens["tokens"] == hf(text, add_special_tokens=False)["input_ids"]
+    back = httpx.post(f"{api_server}/detokenize", json={"tokens": tokens["tokens"]}).json()
+    assert back == {"prompt": text}
+    bad = httpx.post(f"{api_server}/tokenize", json={"prompt": 5})
+    assert bad.status_code == 422 and "prompt" in bad.text
+    assert httpx.get(f"{api_server}/tokenizer_info", params={"model": "nope"}).status_code == 422
+    # token ids are checked against the published vocabulary: nothing is enqueued
+    before = store.r.keys("genq:job:*")
+    resp = httpx.post(f"{api_server}/v1/completions", json={"model": "tiny", "prompt": [1, len(hf) + 5]})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "prompt"
+    native = httpx.post(f"{api_server}/v1/jobs", json={"prompt_ids": [len(hf) + 5]})
+    assert native.status_code == 422 and "prompt_ids" in native.text
+    top = httpx.post(f"{api_server}/v1/jobs", json={"prompt": "x", "logprobs": True, "top_logprobs": 21})
+    assert top.status_code == 422 and "top_logprobs" in top.text
+    zero = httpx.post(f"{api_server}/v1/jobs", json={"prompt": "x", "max_new_tokens": 0})
+    assert zero.status_code == 422 and "max_new_tokens" in zero.text
+    assert store.r.keys("genq:job:*") == before

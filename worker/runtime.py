@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from shared import tokenizer_info
 from shared.jobstore import JobStore
 from shared.records import JobRecord
 from shared.redisconn import connect
@@ -101,6 +102,8 @@ class Runtime:
             # the warm-up is no job, and nothing of it goes to Redis.
             engine.generate([Request("warm-up", engine.encode(prompt="Hello"), 2, GREEDY, 0)])
             engine.hooks = StoreHooks(self.store)
+            # The API tokenizes and checks token ids with it, without model files of its own.
+            self.store.publish_tokenizer(tokenizer_info.from_hf(self.spec.name, tokenizer, engine.vocab))
             self.engine = engine
             log.info("model %s loaded on %s in %.1f s", self.spec.name, self.device, time.perf_counter() - t0)
         except BaseException as exc:  # handed to load(), which raises it on its own thread
