@@ -113,3 +113,9 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def converted_dir(spec: ModelSpec, cache_root: Path) -> Path | None:
+    """Return where a GGUF model's converted weights live (or will), None for a non-GGUF source."""
+    gguf = resolve_gguf(spec.source)
+    return None if gguf is None else _cache_dir_for(gguf, spec, cache_root)
