@@ -1,0 +1,123 @@
+"""lm-evaluation-harness throughput through genq against in-process `hf`: `python -m bench.evaluation`.
+
+One multiple-choice task of MC_DOCS x 4 choices loglikelihood requests, scored twice in this run:
+through a real genq (API + Redis + one worker, local-completions, num_concurrent 16) and with the
+harness's in-process `hf` model (batch size 16) on the same weights. Prints requests/s and the ratio
+(target: genq >= 0.5x in-process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.processes import start_api, start_redis, start_worker, supervisor
+from shared.jobstore import JobStore
+from shared.redisconn import connect
+from shared.settings import Settings, default_catalog
+from worker.loader import converted_dir
+
+MC_DOCS = 100  # questions; 4 choices each, so 400 loglikelihood requests
+CONCURRENT = 16  # genq: requests in flight (the harness's num_concurrent)
+HF_BATCH = 16  # in-process: the harness's batch size
+TARGET_RATIO = 0.5  # genq requests/s over in-process requests/s
+SUBJECTS = ["cat", "river", "mountain", "teacher", "engine", "garden", "planet", "violin", "bridge", "forest"]
+PLACES = [
+    "kitchen",
+    "library",
+    "harbor",
+    "desert",
+    "village",
+    "station",
+    "museum",
+    "island",
+    "castle",
+    "farm",
+]
+
+
+def write_task(root: Path) -> str:
+    """Write the multiple-choice task (synthetic, varied prompt lengths); return its name."""
+    docs = []
+    for i in range(MC_DOCS):
+        subject, place = SUBJECTS[i % 10], PLACES[(i * 3) % 10]
+        filler = " It was a quiet day." * (i % 5)
+        question = f"The {subject} was found near the {place}.{filler} Where was the {subject} found?"
+        choices = [f"In the {PLACES[(i * 3 + k) % 10]}" for k in range(4)]
+        docs.append({"question": question, "choices": choices, "answer": 0})
+    (root / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "genq_bench_mc.yaml").write_text(
+        "task: genq_bench_mc\ndataset_path: json\ntest_split: test\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {root / 'mc.jsonl'}\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    return "genq_bench_mc"
+
+
+def timed(lm: object, task: str, include: Path) -> tuple[float, float]:
+    """Run the task on a harness model object; return (seconds, accuracy)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(include)))
+    seconds = time.perf_counter() - t0
+    assert out is not None
+    return seconds, out["results"][task]["acc,none"]
+
+
+def main() -> None:
+    """Start genq, score the task through it, then in process, and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    os.environ.update({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    spec = default_catalog()[0]
+    cache = Settings().cache_dir
+    weights = converted_dir(spec, cache)
+    requests = MC_DOCS * 4
+    with tempfile.TemporaryDirectory(prefix="genq-eval-") as tmp:
+        root = Path(tmp)
+        task = write_task(root)
+        children = supervisor(root)
+        try:
+            redis_url = start_redis(children, root)
+            base = start_api(children, redis_url, cache)
+            store = JobStore(connect(redis_url))
+            start_worker(children, store, redis_url, cache, args.device, CONCURRENT)
+            from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+            genq_lm = LocalCompletionsAPI(
+                model=spec.name,
+                base_url=f"{base}/v1/completions",
+                num_concurrent=CONCURRENT,
+                tokenizer_backend="remote",
+                max_retries=1,
+            )
+            genq_s, genq_acc = timed(genq_lm, task, root)
+        finally:
+            children.stop_all()
+    from lm_eval.models.huggingface import HFLM
+
+    hf_lm = HFLM(pretrained=str(weights), dtype="float32", batch_size=HF_BATCH, device=args.device)
+    with tempfile.TemporaryDirectory(prefix="genq-eval-") as tmp:
+        task = write_task(Path(tmp))
+        hf_s, hf_acc = timed(hf_lm, task, Path(tmp))
+    genq_rps, hf_rps = requests / genq_s, requests / hf_s
+    ratio = genq_rps / hf_rps
+    print(f"loglikelihood requests: {requests} ({MC_DOCS} questions x 4 choices)")
+    print(f"genq (local-completions, num_concurrent {CONCURRENT}): {genq_rps:.1f} req/s, acc {genq_acc:.3f}")
+    print(f"in-process hf (batch {HF_BATCH}):                 {hf_rps:.1f} req/s, acc {hf_acc:.3f}")
+    verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+    print(f"ratio genq / in-process: {ratio:.2f}x (target >= {TARGET_RATIO}x) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
