@@ -54,5 +54,5 @@ def _top(e: TokenLogprob) -> dict[str, float] | None:
     if e.logprob is None:
         return None
     top = {t.token: t.logprob for t in e.top_logprobs}
-    top.setdefault(e.token, e.logprob)
+    top[e.token] = e.logprob  # the chosen token's own value, even where an alternative spells the same
     return top

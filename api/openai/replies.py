@@ -215,7 +215,7 @@ def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
                     yield reply.chunk(i, delta)
                 yield reply.chunk(i, finish=_finish(job))
         if reply.include_usage:
-            yield reply.usage_chunk(list(ended.values()))
+            yield reply.usage_chunk([ended[i] for i in sorted(ended)])  # in choice order: usage groups by n
         yield DONE
     except Diverged:
         message = "the job's worker was lost and its rerun produced different text; retry the request"
