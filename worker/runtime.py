@@ -239,6 +239,7 @@ class Runtime:
             repetition_penalty=job.repetition_penalty,
         )
         max_new = job.max_new_tokens or self.spec.default_max_new_tokens
+        constraint = self.engine.constraint(job)  # compiled here, on the job's thread
         req = Request(
             job_id,
             input_ids,
@@ -249,6 +250,7 @@ class Runtime:
             job.ignore_eos,
             deadline=float(rec["deadline"]) if rec.get("deadline") else None,
             solo=rec.get("isolate") == "1",
+            constraint=constraint,
         )
         result = self.engine.submit(req).result()
         finished = time.time()
