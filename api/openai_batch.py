@@ -19,6 +19,7 @@ from api.openai_compat import request_jobs
 from api.openai_replies import OpenAIHTTPError, Reply, failure
 from shared import keys
 from shared.batchstore import MISSING, BatchRecord
+from shared.constraints import ToolCalls
 from shared.jobstore import JobStore, to_public
 from shared.schemas import MAX_CUSTOM_ID_CHARS, BatchItem, ErrorCode, Status
 from shared.settings import Settings
@@ -70,7 +71,8 @@ def _outcome(job_id: str, rec: dict[str, str]) -> dict[str, Any]:
     if not rec:
         return {"response": None, "error": {"code": str(MISSING.code), "message": MISSING.message}}
     job = to_public(job_id, rec)
-    chat = json.loads(rec.get("request") or "{}").get("messages") is not None
+    request = json.loads(rec.get("request") or "{}")
+    chat = request.get("messages") is not None
     if job.status is Status.CANCELLED and job.output is None:
         return {"response": None, "error": {"code": "cancelled", "message": "cancelled before it ran"}}
     reply = Reply(
@@ -79,6 +81,7 @@ def _outcome(job_id: str, rec: dict[str, str]) -> dict[str, Any]:
         created=int(job.finished_at or job.created_at),
         model=job.model,
         include_usage=True,
+        tool_calls=ToolCalls(request["tool_calls"]) if request.get("tool_calls") else None,
     )
     error = failure(job, reply.prompt_param)
     if error is not None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import jsonschema_rs
 import llguidance
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 MAX_CHOICES = 1000  # strings in a choice list
 MAX_CHOICE_CHARS = 1000  # characters per choice
@@ -94,17 +94,25 @@ class ConstraintFields(BaseModel):
 
     @field_validator("regex")
     @classmethod
-    def _regex_valid(cls, value: str | None) -> str | None:
+    def _regex_valid(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
+            _alone(info, "regex")
             regex_grammar(value)
         return value
 
-    @model_validator(mode="after")
-    def _one_constraint(self) -> ConstraintFields:
-        given = [n for n in ("json_schema", "regex", "choice") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give at most one of 'json_schema', 'regex' and 'choice' (got {given})")
-        return self
+    @field_validator("choice")
+    @classmethod
+    def _choice_alone(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None:
+            _alone(info, "choice")
+        return value
+
+
+def _alone(info: ValidationInfo, name: str) -> None:
+    """Refuse a second constraint; the error lands on the later field, so a 422 names it."""
+    earlier = [n for n in ("json_schema", "regex") if n != name and info.data.get(n) is not None]
+    if earlier:
+        raise ValueError(f"give at most one of 'json_schema', 'regex' and 'choice' ('{earlier[0]}' is given)")
 
 
 def grammar_of(fields: ConstraintFields) -> str | None:

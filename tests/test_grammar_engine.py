@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema_rs
 import pytest
@@ -11,9 +13,11 @@ import torch
 
 from shared.constraints import ConstraintFields
 from shared.schemas import ErrorCode, FinishReason
-from tests.test_engine import FILTERED, GREEDY, PROMPTS, SAMPLED, drive, engine, job, tiny  # noqa: F401
+from shared.settings import ModelSpec
+from tests.test_engine import CONTEXT, FILTERED, GREEDY, MAX_BATCH, PROMPTS, SAMPLED, drive, job
 from worker.engine import Engine, GenerationError, Request
 from worker.grammar import mask_logits
+from worker.loader import load_model
 
 PERSON = {
     "type": "object",
@@ -25,14 +29,34 @@ PERSON = {
     "required": ["name", "age", "ok"],
     "additionalProperties": False,
 }
-LABEL = {"type": "object", "properties": {"label": {"enum": ["spam", "ham"]}}, "required": ["label"], "additionalProperties": False}
+LABEL = {
+    "type": "object",
+    "properties": {"label": {"enum": ["spam", "ham"]}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
 CHOICES = ["yes", "no", "maybe later"]
 DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, cache_dir: Path) -> Iterator[Engine]:
+    """The tiny model's engine, one thread (as in test_engine.py, for the same reason)."""
+    spec = ModelSpec(
+        name="tiny", source=str(tiny_model_dir), context_length=CONTEXT, max_new_tokens_cap=CONTEXT - 1
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model, tokenizer = load_model(spec, "cpu", cache_dir)
+    yield Engine(model, tokenizer, max_batch=MAX_BATCH, context_length=CONTEXT)
+    torch.set_num_threads(threads)
+
+
 def constrained(engine: Engine, prompt: str, max_new: int = 60, **fields) -> Request:
     """A request whose output must follow the given constraint fields."""
-    req = job(engine, prompt, max_new=max_new, params=fields.pop("params", GREEDY), seed=fields.pop("seed", 0))
+    req = job(
+        engine, prompt, max_new=max_new, params=fields.pop("params", GREEDY), seed=fields.pop("seed", 0)
+    )
     req.constraint = engine.constraint(ConstraintFields(**fields))
     return req
 
@@ -101,7 +125,9 @@ def test_mixed_batch_gives_each_row_its_text_alone(engine: Engine) -> None:
 
 def test_sampling_knobs_apply_on_top_of_the_mask(engine: Engine) -> None:
     texts = {
-        engine.generate([constrained(engine, PROMPTS[1], params=FILTERED, seed=s, json_schema=PERSON)])[0].text
+        engine.generate([constrained(engine, PROMPTS[1], params=FILTERED, seed=s, json_schema=PERSON)])[
+            0
+        ].text
         for s in range(4)
     }
     for text in texts:

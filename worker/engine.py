@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from shared.schemas import ErrorCode, FinishReason
 from shared.constraints import ConstraintFields
+from shared.schemas import ErrorCode, FinishReason
 from worker.grammar import Constraint, GrammarBook, GrammarError, mask_logits
 from worker.sampling import RowParams, next_tokens
 

@@ -6,7 +6,6 @@ Why llguidance rather than xgrammar: see docs/structured-output.md (measured on 
 from __future__ import annotations
 
 import hashlib
-
 import threading
 import time
 from collections import OrderedDict
@@ -104,7 +103,9 @@ class GrammarBook:
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=parser_limits())
         spent = time.perf_counter() - t0
         if matcher.is_error():
-            raise GrammarError(ErrorCode.GRAMMAR_INVALID, f"the constraint cannot be used: {matcher.get_error()}")
+            raise GrammarError(
+                ErrorCode.GRAMMAR_INVALID, f"the constraint cannot be used: {matcher.get_error()}"
+            )
         if spent > COMPILE_LIMIT_S:
             raise GrammarError(
                 ErrorCode.GRAMMAR_TOO_COMPLEX,
@@ -130,5 +131,3 @@ def mask_logits(logits: torch.Tensor, rows: list[int], constraints: list[Constra
     allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).view(len(rows), words * BITS)[:, :vocab].bool()
     index = torch.tensor(rows, device=logits.device)
     logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
-
-
