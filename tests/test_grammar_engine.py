@@ -159,3 +159,18 @@ def test_mask_leaves_unconstrained_rows_untouched(engine: Engine) -> None:
     mask_logits(logits, [1], [c])
     assert torch.equal(logits[0], before[0]) and torch.equal(logits[2], before[2])
     assert torch.isinf(logits[1]).sum() > 0 and torch.isfinite(logits[1]).sum() >= 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "json_schema": {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+        },  # only refers to itself
+        {"regex": r"[^\x00-\x{10FFFF}]"},  # matches nothing
+    ],
+)
+def test_an_unsatisfiable_constraint_fails_its_job_at_compile(engine: Engine, fields: dict) -> None:
+    with pytest.raises(GenerationError) as err:
+        engine.constraint(ConstraintFields(**fields))
+    assert err.value.code is ErrorCode.GRAMMAR_INVALID

@@ -101,6 +101,9 @@ class GrammarBook:
         # Compiled on the caller's (the job's) thread, never the engine's; it drops the GIL, and
         # llguidance's fuel limits bound its work, so a hostile schema fails rather than hangs.
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=parser_limits())
+        # The first mask too: an unsatisfiable grammar (a schema that only refers to itself, a
+        # regex matching nothing) shows here, on this thread, instead of as an empty row later.
+        matcher.compute_bitmask()
         spent = time.perf_counter() - t0
         if matcher.is_error():
             raise GrammarError(
