@@ -196,3 +196,52 @@ def test_response_format_on_both_endpoints(start_worker, oai: OpenAI) -> None:
     jsonschema_rs.validate(SMALL, json.loads(text.choices[0].text))
     label = oai.completions.create(model="tiny", prompt="hi", max_tokens=5, extra_body={"choice": ["a", "b"]})
     assert label.choices[0].text in ("a", "b")
+
+
+# --- batches: per line -------------------------------------------------------------
+def _line(custom_id: str, url: str = CHAT, **body: Any) -> dict[str, Any]:
+    inputs = {"messages": [{"role": "user", "content": "hi"}]} if url == CHAT else {"prompt": "hi"}
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": {"model": "tiny", **inputs, **body}}
+
+
+@pytest.mark.parametrize(
+    ("lines", "field"),
+    [
+        ([_line("a", tools=[BAD_TOOL])], "line 1.body.tools[0].function.parameters"),
+        ([_line("a", url=TEXT, regex="a(")], "line 1.body.regex"),
+        ([{"custom_id": "a", "prompt": "x", "json_schema": {"type": "nope"}}], "line 1.json_schema"),
+        ([{"custom_id": "a", "prompt": "x", "choice": []}], "line 1.choice"),
+    ],
+)
+def test_bad_constraints_in_batch_lines_are_named(
+    http: Any, store: JobStore, lines: list, field: str
+) -> None:
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    resp = http.post("/v1/batches", data=data, content_type="application/x-ndjson")
+    assert resp.status_code == 422, resp.get_json()
+    assert field in [d["field"] for d in resp.get_json()["error"]["details"]]
+    assert store.r.keys("genq:job:*") == []
+
+
+def test_batch_lines_carry_constraints_and_tool_calls(start_worker, client: Client, tmp_path: Any) -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+
+    start_worker()
+    fmt = {"type": "json_schema", "json_schema": {"name": "small", "schema": SMALL}}
+    lines = [
+        _line("tool", tools=[WEATHER], tool_choice="required", max_tokens=80, temperature=0),
+        _line("schema", response_format=fmt, max_tokens=60, temperature=0),
+        _line("label", url=TEXT, choice=["spam", "ham"], max_tokens=5),
+    ]
+    path = tmp_path / "structured.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch = client.create_batch(jsonl=path)
+    assert client.wait_batch(batch["id"], 300)["status"] == "completed"
+    tool, schema, label = (line["response"]["body"] for line in client.batch_results(batch["id"]))
+    call = ChatCompletion.model_validate(tool).choices[0]
+    assert call.finish_reason == "tool_calls" and call.message.tool_calls[0].function.name == "get_weather"
+    jsonschema_rs.validate(
+        SMALL, json.loads(ChatCompletion.model_validate(schema).choices[0].message.content)
+    )
+    assert Completion.model_validate(label).choices[0].text in ("spam", "ham")
