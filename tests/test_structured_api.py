@@ -11,7 +11,7 @@ import jsonschema_rs
 import pytest
 from openai import OpenAI
 
-from shared.client import Client
+from genq.client import Client
 from shared.constraints import json_schema_grammar, regex_grammar
 from shared.jobstore import JobStore
 

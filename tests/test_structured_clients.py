@@ -12,7 +12,7 @@ from langchain_openai import ChatOpenAI
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-from shared.client import Client
+from genq.client import Client
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Maria Lopez is 34 years old and lives in Madrid. Extract her name and age."
