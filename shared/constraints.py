@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jsonschema_rs
 import llguidance
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 MAX_CHOICES = 1000  # strings in a choice list
 MAX_CHOICE_CHARS = 1000  # characters per choice
@@ -20,7 +23,11 @@ MAX_REGEX_CHARS = 10_000  # characters of a regex
 MAX_SCHEMA_BYTES = 200_000  # a JSON schema, as compact JSON, in bytes
 # JSON output in Python's json.dumps style: small models know it well, and a fixed whitespace
 # rule keeps a model from padding its answer with blank lines until max_new_tokens.
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_STYLE: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
 
 
 def parser_limits() -> llguidance.LLParserLimits:
@@ -32,7 +39,7 @@ class ToolCalls(StrEnum):
     """How the OpenAI routes read a job's output as tool calls (set by them, not by clients)."""
 
     FORCED = "forced"  # the output is one JSON call {"name", "arguments"}, constrained by the tools' schemas
-    AUTO = "auto"  # the output is text, or <tool_call>{...}</tool_call> (see api/openai_tools.py)
+    AUTO = "auto"  # the output is text, or <tool_call>{...}</tool_call> (see api/openai/tools.py)
 
 
 def _check(grammar: str) -> str:

@@ -42,7 +42,8 @@ def parse_calls(text: str, mode: ToolCalls) -> list[dict[str, Any]] | None:
     if not text.lstrip().startswith(CALL_OPEN):
         return None
     calls = [_call(body.strip()) for body in _CALLS.findall(text)]
-    return calls if calls and all(calls) else None
+    whole = [c for c in calls if c is not None]
+    return whole if whole and len(whole) == len(calls) else None
 
 
 def tool_calls_of(job: JobPublic, mode: ToolCalls | None) -> list[dict[str, Any]] | None:

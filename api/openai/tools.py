@@ -1,6 +1,6 @@
 """OpenAI tools on /v1/chat/completions: tools and tool_choice become a system note and job constraints.
 
-See api/openai_toolcalls.py for the output format and docs/structured-output.md for how reliable it is.
+See api/openai/toolcalls.py for the output format and docs/structured-output.md for how reliable it is.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openai_replies import OpenAIHTTPError
-from api.openai_schemas import ChatMessage
-from api.openai_toolcalls import CALL_CLOSE, CALL_OPEN
+from api.errors import OpenAIHTTPError
+from api.openai.schemas import ChatMessage
+from api.openai.toolcalls import CALL_CLOSE, CALL_OPEN
 from shared.constraints import ToolCalls, json_schema_grammar
 
 NO_PARAMETERS = {"type": "object", "properties": {}}  # OpenAI's meaning of a function without parameters

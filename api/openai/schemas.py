@@ -94,7 +94,7 @@ class ChatCompletionRequest(_CreateRequest):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # wins over max_tokens
     logprobs: bool | None = None  # only false is supported
     top_logprobs: int | None = None  # only 0 is supported
-    tools: list[Any] | None = None  # functions the model may call (api/openai_tools.py)
+    tools: list[Any] | None = None  # functions the model may call (api/openai/tools.py)
     functions: list[Any] | None = None  # only empty is supported (the deprecated form of tools)
     tool_choice: Any = None  # none, auto (the default with tools), required, or {"type": "function", ...}
 
@@ -202,18 +202,23 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class Completion(BaseModel):
-    """The answer to a non-streamed completion request."""
+class _CompletionFields(BaseModel):
+    """What a completion and each of its streamed chunks carry."""
 
     id: str  # cmpl-<hex of the first job's id>
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
+
+
+class Completion(_CompletionFields):
+    """The answer to a non-streamed completion request."""
+
     usage: CompletionUsage
 
 
-class CompletionChunk(Completion):
+class CompletionChunk(_CompletionFields):
     """One server-sent event of a streamed completion request (OpenAI keeps object text_completion)."""
 
     usage: CompletionUsage | None = None  # present (null but on the last) only with include_usage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.openai_replies import OpenAIHTTPError
+from api.errors import OpenAIHTTPError
 from shared.constraints import json_schema_grammar
 
 GENQ_FIELDS = ("json_schema", "regex", "choice")  # genq's own constraints (send them with extra_body)
