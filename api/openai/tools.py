@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.errors import OpenAIHTTPError
 from api.openai.schemas import ChatMessage
+from api.openai.structured import bad_param
 from api.openai.toolcalls import CALL_CLOSE, CALL_OPEN
 from shared.constraints import ToolCalls, json_schema_grammar
 
@@ -49,13 +49,9 @@ class ToolPlan:
     note: str | None = None
 
 
-def _bad(message: str, param: str) -> OpenAIHTTPError:
-    return OpenAIHTTPError(400, message, param=param, code="invalid_value")
-
-
 def _tools(raw: list[Any]) -> list[FunctionSpec]:
     if len(raw) > MAX_TOOLS:
-        raise _bad(f"at most {MAX_TOOLS} tools", "tools")
+        raise bad_param(f"at most {MAX_TOOLS} tools", "tools")
     specs: list[FunctionSpec] = []
     for i, item in enumerate(raw):
         try:
@@ -63,15 +59,15 @@ def _tools(raw: list[Any]) -> list[FunctionSpec]:
         except ValidationError as exc:
             err = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise _bad(
+            raise bad_param(
                 f"invalid tool: {err['msg']}", f"tools[{i}]" + (f".{where}" if where else "")
             ) from None
         try:
             json_schema_grammar(spec.parameters or NO_PARAMETERS)
         except ValueError as exc:
-            raise _bad(str(exc), f"tools[{i}].function.parameters") from None
+            raise bad_param(str(exc), f"tools[{i}].function.parameters") from None
         if any(s.name == spec.name for s in specs):
-            raise _bad(f"two tools are named {spec.name!r}", f"tools[{i}].function.name")
+            raise bad_param(f"two tools are named {spec.name!r}", f"tools[{i}].function.name")
         specs.append(spec)
     return specs
 
@@ -112,7 +108,7 @@ def plan(req: Any) -> ToolPlan:
     choice = req.tool_choice
     if not req.tools:
         if choice not in (None, "none"):
-            raise _bad("'tool_choice' needs 'tools'", "tool_choice")
+            raise bad_param("'tool_choice' needs 'tools'", "tool_choice")
         return ToolPlan()
     specs = _tools(req.tools)
     if choice is None or choice == "auto":
@@ -122,13 +118,13 @@ def plan(req: Any) -> ToolPlan:
     if choice != "required":
         name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
         if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
-            raise _bad(
+            raise bad_param(
                 "tool_choice is 'none', 'auto', 'required' or {'type': 'function', 'function': {'name'}}",
                 "tool_choice",
             )
         specs = [s for s in specs if s.name == name]
         if not specs:
-            raise _bad(
+            raise bad_param(
                 f"tool_choice names {name!r}, which is not among the tools", "tool_choice.function.name"
             )
     return ToolPlan(
@@ -165,13 +161,13 @@ def _calls_text(i: int, calls: Any) -> str:
     for k, call in enumerate(calls if isinstance(calls, list) else [None]):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _bad(
+            raise bad_param(
                 "a tool call needs function.name and function.arguments", f"messages[{i}].tool_calls[{k}]"
             )
         try:
             arguments = json.loads(fn.get("arguments") or "{}")
         except ValueError:
-            raise _bad(
+            raise bad_param(
                 "function.arguments is not JSON", f"messages[{i}].tool_calls[{k}].function.arguments"
             ) from None
         parts.append(CALL_OPEN + json.dumps({"name": fn["name"], "arguments": arguments}) + CALL_CLOSE)
