@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.constraints import ConstraintFields
+
 MAX_STOP_STRINGS = 4  # stop sequences per job (genq's API and chat; checked in api/submit.py)
 MAX_STORED_STOPS = 32  # stop sequences a job may hold (/v1/completions allows more, as the harness sends)
 MAX_STOP_CHARS = 64  # characters per stop sequence
@@ -97,6 +99,8 @@ class ErrorCode(StrEnum):
     WORKER_LOST = "worker_lost"  # its worker died on every attempt
     SERVICE_UNAVAILABLE = "service_unavailable"
     TOKENIZER_UNAVAILABLE = "tokenizer_unavailable"  # no worker of the model has published its tokenizer yet
+    GRAMMAR_INVALID = "grammar_invalid"  # the job's constraint cannot be compiled by the worker
+    GRAMMAR_TOO_COMPLEX = "grammar_too_complex"  # its constraint exceeds the compile limits (time or fuel)
     INTERNAL = "internal_error"
 
 
@@ -186,7 +190,7 @@ class Webhook(BaseModel):
         return value
 
 
-class JobCreate(GenerationParams):
+class JobCreate(GenerationParams, ConstraintFields):
     """A client's request for one generation job."""
 
     # The schema says what _one_input enforces, so generated clients and fuzzers send valid jobs.

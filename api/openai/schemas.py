@@ -19,7 +19,7 @@ MAX_USER_CHARS = 256  # the `user` string, stored in the jobs' metadata
 TokenId = Annotated[int, Field(ge=0)]
 TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 # --- requests -----------------------------------------------------------------
@@ -73,6 +73,11 @@ class _CreateRequest(BaseModel):
     top_k: int | None = None  # keep the k likeliest tokens; 0 = all
     repetition_penalty: float | None = None  # > 1 discourages repeats
     ignore_eos: bool | None = None  # keep generating to max_tokens
+    # Structured output (docs/structured-output.md): OpenAI's response_format, or one of genq's own
+    response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
+    json_schema: dict[str, Any] | None = None  # the output is JSON valid against this schema
+    regex: str | None = None  # the output matches this regex
+    choice: list[str] | None = None  # the output is exactly one of these strings
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
@@ -94,10 +99,9 @@ class ChatCompletionRequest(_CreateRequest):
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
     logprobs: bool | None = None  # each new token's log-probability (raw logits), in choices[i].logprobs
     top_logprobs: TopLogprobs | None = None  # alternatives per token; needs logprobs true
-    tools: list[Any] | None = None  # only empty is supported
-    functions: list[Any] | None = None  # only empty is supported
-    tool_choice: Any = None  # only "none" is supported
-    response_format: dict[str, Any] | None = None  # only {"type": "text"} is supported
+    tools: list[Any] | None = None  # functions the model may call (api/openai/tools.py)
+    functions: list[Any] | None = None  # only empty is supported (the deprecated form of tools)
+    tool_choice: Any = None  # none, auto (the default with tools), required, or {"type": "function", ...}
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
@@ -105,13 +109,8 @@ class ChatCompletionRequest(_CreateRequest):
             return "top_logprobs", "'top_logprobs' needs 'logprobs': true"
         if self.logprobs and self.stream:
             return "logprobs", "log probabilities are not supported on streamed answers yet"
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                return name, f"'{name}' (tool calling) is not supported"
-        if self.tool_choice not in (None, "none"):
-            return "tool_choice", "'tool_choice' (tool calling) is not supported"
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            return "response_format", "only response_format {'type': 'text'} is supported"
+        if self.functions:
+            return "functions", "'functions' is not supported; send 'tools'"
         return super().unsupported()
 
 
@@ -158,10 +157,11 @@ class CompletionUsage(BaseModel):
 
 
 class AssistantMessage(BaseModel):
-    """The generated message of one chat choice."""
+    """The generated message of one chat choice: text, or tool calls (content null)."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None  # [{"id", "type": "function", "function": {...}}]
 
 
 class ChatTopLogprob(BaseModel):
@@ -217,7 +217,7 @@ class ChatChunkChoice(BaseModel):
     """One choice's increment in a streamed chat chunk."""
 
     index: int
-    delta: dict[str, str]  # {"role": "assistant", "content": ""} first, then {"content": ...}, {} last
+    delta: dict[str, Any]  # {"role": "assistant", "content": ""} first, then {"content": ...}, {} last
     logprobs: None = None
     finish_reason: FinishReason | None = None
 
