@@ -266,8 +266,9 @@ class Output(BaseModel):
 
     text: str
     finish_reason: FinishReason
-    logprobs: list[TokenLogprob] | None = None  # per generated token, when the job asked
-    prompt_logprobs: list[TokenLogprob] | None = None  # per prompt token, when the job asked (echo)
+    # Present only when the job asked (absent, not null, otherwise: outputs stay as they were).
+    logprobs: list[TokenLogprob] | None = Field(default=None, exclude_if=lambda v: v is None)  # per new token
+    prompt_logprobs: list[TokenLogprob] | None = Field(default=None, exclude_if=lambda v: v is None)  # echo
 
 
 class Usage(BaseModel):

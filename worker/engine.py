@@ -163,10 +163,6 @@ class Engine:
                 f"prompt has {len(req.input_ids)} tokens and max_new_tokens is {req.max_new_tokens}: "
                 f"{budget} exceeds the model's context length of {self.context_length}",
             )
-        if any(not 0 <= t < self.vocab for t in req.input_ids):  # token ids sent as is by a client
-            raise GenerationError(
-                ErrorCode.VALIDATION_ERROR, f"prompt token ids must be from 0 to {self.vocab - 1}"
-            )
         future: Future = Future()
         self._pending.append((req, future))
         self._wake.set()

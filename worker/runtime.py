@@ -234,6 +234,12 @@ class Runtime:
         t0 = time.perf_counter()
         messages = [m.model_dump(mode="json") for m in job.messages] if job.messages else None
         input_ids = job.prompt_ids or self.engine.encode(prompt=job.prompt, messages=messages)
+        if (
+            job.prompt_ids and max(job.prompt_ids) >= self.engine.vocab
+        ):  # the API checks once it knows the vocab
+            raise GenerationError(
+                ErrorCode.VALIDATION_ERROR, f"prompt token ids must be below {self.engine.vocab}"
+            )
         tokenize_s = time.perf_counter() - t0
         if self.settings.fault_injection and CRASH_MARKER in (job.prompt or json.dumps(messages)):
             os.kill(os.getpid(), signal.SIGKILL)  # a poison job, for the fault-injection tests
