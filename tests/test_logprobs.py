@@ -9,21 +9,15 @@ import pytest
 import torch
 
 from shared.settings import ModelSpec
+from tests.test_engine import GREEDY, PROMPTS  # prompts of 2 to ~34 tokens: batches need padding
 from worker.engine import Engine, Request
 from worker.loader import load_model
 from worker.sampling import RowParams
 
 CONTEXT = 512  # tokens
 TOL = 1e-4  # logprob agreement with the direct forward pass
-GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 # A row whose sampling distorts the distribution: logprobs must still come from the raw logits.
 SHAPED = RowParams(sampling=True, temperature=0.5, top_k=5, top_p=0.8, repetition_penalty=1.3)
-PROMPTS = [
-    "Hi",
-    "The quick brown fox",
-    "What is the capital of France? The capital",
-    "Once upon a time there was a tiny model that generated text token by token. " * 2,
-]
 
 _ids = itertools.count()
 
