@@ -25,6 +25,7 @@ MC_DOCS = 100  # questions; 4 choices each, so 400 loglikelihood requests
 CONCURRENT = 16  # genq: requests in flight (the harness's num_concurrent)
 HF_BATCH = 16  # in-process: the harness's batch size
 TARGET_RATIO = 0.5  # genq requests/s over in-process requests/s
+STORE_TTL_S = 3600  # how long finished jobs stay readable, in seconds
 SUBJECTS = ["cat", "river", "mountain", "teacher", "engine", "garden", "planet", "violin", "bridge", "forest"]
 PLACES = [
     "kitchen",
@@ -90,7 +91,7 @@ def main() -> None:
         try:
             redis_url = start_redis(children, root)
             base = start_api(children, redis_url, cache)
-            store = JobStore(connect(redis_url))
+            store = JobStore(connect(redis_url), STORE_TTL_S)
             start_worker(children, store, redis_url, cache, args.device, CONCURRENT)
             from lm_eval.models.openai_completions import LocalCompletionsAPI
 
