@@ -7,7 +7,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 MAX_STOP_STRINGS = 4  # stop sequences per job
 MAX_STOP_CHARS = 64  # characters per stop sequence
@@ -20,6 +28,31 @@ def _depth(value: Any) -> int:
     if isinstance(value, list):
         return 1 + max((_depth(v) for v in value), default=0)
     return 0
+
+
+# Sampling bounds: inside them the sampler's arithmetic stays finite in float32 (logits of about
+# ±30 divided by the smallest temperature and penalty stay far below 3.4e38); outside them, one
+# job's row could turn to inf/NaN. 0 is allowed where it means "off" (greedy).
+MIN_TEMPERATURE = 0.01  # smallest temperature that samples; 0 = greedy
+MAX_TEMPERATURE = 5.0  # flatter than this is noise
+MIN_TOP_P = 0.001  # smallest nucleus mass; below it a row is greedy in all but name
+MIN_REPETITION_PENALTY = 0.01  # divides seen tokens' logits by at most 100x
+MAX_REPETITION_PENALTY = 10.0
+MAX_TOP_K = 100_000  # tokens; above any vocabulary genq serves
+
+
+def zero_or_range(name: str, low: float, high: float) -> Any:
+    """A finite float that is 0 (off: greedy) or within [low, high]; the JSON schema says the same."""
+
+    def check(value: float) -> float:
+        if value == 0:
+            return 0.0  # -0.0 too
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be 0 (greedy) or from {low:g} to {high:g}")
+        return value
+
+    schema = {"anyOf": [{"type": "number", "const": 0}, {"type": "number", "minimum": low, "maximum": high}]}
+    return Annotated[float, Field(allow_inf_nan=False), AfterValidator(check), WithJsonSchema(schema)]
 
 
 def _utf8(text: str) -> str:
@@ -120,10 +153,15 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
-    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0  # 0 = greedy; < 1 sharper, > 1 flatter
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # nucleus mass kept; 1.0 = all tokens
-    top_k: Annotated[int, Field(ge=0, le=100_000)] = 0  # keep the k likeliest tokens; 0 = all
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0  # > 1 discourages repeats
+    # 0 = greedy; < 1 sharper, > 1 flatter
+    temperature: zero_or_range("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE) = 1.0
+    # nucleus mass kept; 1.0 = all tokens
+    top_p: Annotated[float, Field(ge=MIN_TOP_P, le=1.0, allow_inf_nan=False)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = 0  # keep the k likeliest tokens; 0 = all
+    # > 1 discourages repeats, < 1 encourages them; 1.0 = off
+    repetition_penalty: Annotated[
+        float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)
+    ] = 1.0
     do_sample: bool | None = None  # None = sample when temperature > 0; False forces greedy
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None  # same seed and input, same text
     stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
@@ -197,7 +235,9 @@ class JobCreate(GenerationParams):
     messages: list[Message] | None = None  # chat, rendered with the model's chat template
     metadata: dict[str, Any] | None = None  # echoed back unchanged
     priority: Priority = Priority.INTERACTIVE
-    timeout_s: Annotated[float, Field(gt=0)] | None = None  # deadline from submission; capped by settings
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = (
+        None  # deadline from submission; capped by settings
+    )
     webhook: Webhook | None = None  # POST the job there on these events, signed (see shared/webhooks.py)
 
     @field_validator("prompt")
