@@ -165,17 +165,18 @@ class JobStore:
             until = time.time() + lease_s
             self.r.zadd(keys.RUNNING, dict.fromkeys(job_ids, until), xx=True)
 
-    def requeue(self, job_id: str, max_attempts: int) -> str | None:
-        """Put back a running job whose lease lapsed: 'requeued', or its terminal status."""
-        lost = json.dumps(
-            {
-                "code": ErrorCode.WORKER_LOST.value,
-                "message": f"the job's worker died on each of its {max_attempts} attempts",
-            }
-        )
+    def requeue(
+        self, job_id: str, max_attempts: int, holder: str = "", error: dict | None = None
+    ) -> str | None:
+        """Put back a running job whose lease lapsed, or that its holder hands back: 'requeued',
+        'alive', or its terminal status (failed with error, default worker_lost, past max_attempts)."""
+        lost = error or {
+            "code": ErrorCode.WORKER_LOST.value,
+            "message": f"the job's worker died on each of its {max_attempts} attempts",
+        }
         return self._requeue(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(time.time()), max_attempts, lost],
+            args=[job_id, repr(time.time()), max_attempts, json.dumps(lost), holder],
         )
 
     def finish(self, job_id: str, status: Status, holder: str = "", **fields: Any) -> bool:

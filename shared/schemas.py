@@ -129,7 +129,9 @@ class ErrorCode(StrEnum):
     # This job's own row went wrong; the other jobs of its batch went on (see docs/faults.md).
     SAMPLING_FAILED = "sampling_failed"  # its logits or probabilities were not finite, or sampling raised
     DECODE_FAILED = "decode_failed"  # turning its tokens into text (or matching its stop strings) raised
-    FORWARD_FAILED = "forward_failed"  # the model's forward pass raised (out of memory, say) while it ran alone
+    FORWARD_FAILED = (
+        "forward_failed"  # the model's forward pass raised (out of memory, say) while it ran alone
+    )
     STORE_FULL = "store_full"  # Redis reached its maxmemory; nothing was stored
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL = "internal_error"

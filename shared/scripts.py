@@ -202,14 +202,16 @@ return st
 
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
-# ARGV: job id, now, max attempts, worker_lost-error JSON.
+# ARGV: job id, now, max attempts, worker_lost-error JSON, and optionally the worker holding it:
+# then its lease need not have lapsed (a worker hands back the jobs of a batch step that failed).
 REQUEUE = (
     _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if lease and tonumber(lease) > tonumber(ARGV[2]) then return 'alive' end
+local handed = ARGV[5] and ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') == ARGV[5]
+if lease and tonumber(lease) > tonumber(ARGV[2]) and not handed then return 'alive' end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local final = nil

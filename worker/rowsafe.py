@@ -64,3 +64,19 @@ def _sample(
     index: torch.Tensor,
 ) -> torch.Tensor:
     return next_tokens(logits, params, generators, None if seen is None else seen[index])
+
+
+def fail_forward_on(model: torch.nn.Module, marker: list[int]) -> None:
+    """Fault injection (tests only): make every prefill whose batch holds the marker's tokens raise,
+    as an out-of-memory in the model step would."""
+    pattern = torch.tensor(marker)
+
+    def explode(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is None or ids.shape[1] < len(marker):
+            return
+        windows = ids.unfold(1, len(marker), 1)  # [rows, positions, len(marker)]
+        if bool((windows == pattern.to(ids.device)).all(-1).any()):
+            raise RuntimeError("forward pass failed on purpose (fault injection)")
+
+    model.register_forward_pre_hook(explode, with_kwargs=True)

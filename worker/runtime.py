@@ -21,9 +21,10 @@ from shared.jobstore import JobStore
 from shared.metrics import record_job
 from shared.redisconn import connect
 from shared.schemas import ErrorCode, FinishReason, JobCreate, Status
-from shared.settings import CRASH_MARKER, ModelSpec, Settings
-from worker.engine import Engine, GenerationError, Hooks, Request
-from worker.reconciler import Reconciler
+from shared.settings import CRASH_MARKER, FORWARD_FAULT_MARKER, ModelSpec, Settings
+from worker.engine import Engine, GenerationError, Hooks, Request, StepFailed
+from worker.reconciler import Reconciler, resend
+from worker.rowsafe import fail_forward_on
 from worker.sampling import RowParams
 from worker.webhooks import SENDERS as WEBHOOK_SENDERS
 from worker.webhooks import WebhookSender
@@ -69,6 +70,7 @@ class Runtime:
         self.host = socket.gethostname()
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
+        self.app: Celery | None = None  # set by start_heartbeat; sends the messages of handed-back jobs
         self.inflight: set[str] = set()  # jobs this worker has claimed and not yet finished
         self._stop = threading.Event()  # stops the engine
         self._leaving = threading.Event()  # stops the heartbeat
@@ -92,6 +94,8 @@ class Runtime:
             t0 = time.perf_counter()
             model, tokenizer = load_model(self.spec, self.device, self.settings.cache_dir)
             engine = Engine(model, tokenizer, self.settings.max_batch, self.spec.context_length)
+            if self.settings.fault_injection:
+                fail_forward_on(model, engine.encode(prompt=FORWARD_FAULT_MARKER)[-4:])
             # One tiny generation before announcing readiness: it pages the (lazily mapped) weights
             # in and warms the kernels, so the first real job does not pay for them. No hooks yet:
             # the warm-up is no job, and nothing of it goes to Redis.
@@ -107,6 +111,7 @@ class Runtime:
 
     def start_heartbeat(self, app: Celery) -> None:
         """Announce this worker as ready and keep announcing it; start the fleet's reconciler."""
+        self.app = app
         self._beat()
         self._spawn("genq-heartbeat", self._heartbeat_loop)
         self._spawn("genq-reconciler", Reconciler(self.store, app, self.settings).run, self._leaving)
@@ -173,15 +178,11 @@ class Runtime:
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
                 self._generate(job_id, rec)
+            except StepFailed as exc:
+                if exc.solo or not self._hand_back(job_id, exc):
+                    self._failed(job_id, exc)
             except GenerationError as exc:
-                error = {"code": exc.code.value, "message": str(exc)}
-                log.warning(
-                    "job %s failed: %s",
-                    job_id,
-                    exc.code.value,
-                    extra=self._fields("job failed", job_id, code=exc.code.value),
-                )
-                self._finish(job_id, Status.FAILED, error=error)
+                self._failed(job_id, exc)
             except Exception as exc:  # the worker must outlive any one job
                 code = ErrorCode.INTERNAL.value
                 log.exception(
@@ -191,6 +192,29 @@ class Runtime:
                 self._finish(job_id, Status.FAILED, error=error)
         finally:
             self.inflight.discard(job_id)
+
+    def _hand_back(self, job_id: str, exc: StepFailed) -> bool:
+        """Requeue a job whose batch step failed, to run alone (once); False if it could not be."""
+        error = {"code": exc.code.value, "message": str(exc)}
+        try:
+            outcome = self.store.requeue(job_id, self.settings.max_attempts, self.worker_id, error)
+            if outcome == "requeued" and self.app is not None:
+                resend(self.store.r, self.app, job_id)
+        except redis.RedisError as exc2:  # the reconciler re-sends it once its lease lapses
+            log.warning("job %s: could not hand back (%s)", job_id, exc2)
+            return True
+        log.warning("job %s handed back to run alone after a failed batch step: %s", job_id, outcome)
+        return outcome is not None
+
+    def _failed(self, job_id: str, exc: GenerationError) -> None:
+        error = {"code": exc.code.value, "message": str(exc)}
+        log.warning(
+            "job %s failed: %s",
+            job_id,
+            exc.code.value,
+            extra=self._fields("job failed", job_id, code=exc.code.value),
+        )
+        self._finish(job_id, Status.FAILED, error=error)
 
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
         """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile);
@@ -221,7 +245,12 @@ class Runtime:
 
     def _generate(self, job_id: str, rec: dict[str, str]) -> None:
         assert self.engine is not None
-        job = JobCreate.model_validate(json.loads(rec["request"]))
+        try:  # the API checked it; a record written past the API (or by an older one) is checked again
+            job = JobCreate.model_validate(json.loads(rec["request"]))
+        except ValueError as exc:
+            raise GenerationError(
+                ErrorCode.VALIDATION_ERROR, f"the stored request is not valid: {exc}"
+            ) from None
         created_at = float(rec["created_at"])
         started = time.time()
         t0 = time.perf_counter()
