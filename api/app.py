@@ -11,6 +11,7 @@ from api.errors import register_error_handlers
 from api.metrics import metrics_bp
 from api.openai_compat import openai_bp
 from api.routes import bp
+from api.sweeper import start_sweeper
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.logs import setup_logging
@@ -18,8 +19,14 @@ from shared.redisconn import connect
 from shared.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the API for these settings (read from GENQ_* when omitted)."""
+def create_app(settings: Settings | None = None, sweep: bool | None = None) -> Flask:
+    """Build the API for these settings (read from GENQ_* when omitted).
+
+    A served app (settings from the environment, as gunicorn builds it) also runs the
+    reconciler's sweep in the background; an app a test builds with its own settings does not,
+    unless sweep is set.
+    """
+    sweep = settings is None if sweep is None else sweep
     settings = settings or Settings()
     setup_logging(settings)  # JSON lines on stdout; calling create_app again adds no handler
     app = Flask("genq")
@@ -38,4 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(metrics_bp)  # GET /metrics: no key, no rate limit (not under /v1)
     # An interactive API page from the same /openapi.json; its assets ship in the package (no CDN).
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "genq API"}))
+    if sweep and settings.api_reconciler:
+        ext = app.extensions["genq"]
+        ext["sweeper"] = start_sweeper(settings, ext["store"], ext["celery"])
     return app

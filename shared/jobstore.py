@@ -20,6 +20,9 @@ EVENT_RESET = "reset"  # the job's worker died: drop the text streamed so far, i
 EVENT_DONE = "done"  # the job reached a terminal state; always the last event
 _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
+_EXPIRED_ERROR = json.dumps(
+    {"code": ErrorCode.EXPIRED.value, "message": "the job's deadline passed before a worker could start it"}
+)
 
 
 DEFAULT_TENANT = "default"  # owner of every job while no API keys are configured
@@ -49,6 +52,7 @@ class JobStore:
         self._finish = client.register_script(scripts.FINISH)
         self._cancel = client.register_script(scripts.CANCEL)
         self._requeue = client.register_script(scripts.REQUEUE)
+        self._expire = client.register_script(scripts.EXPIRE)
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -129,7 +133,17 @@ class JobStore:
         rec = self.raw(job_id)
         if not rec or (tenant is not None and rec.get("tenant", DEFAULT_TENANT) != tenant):
             return None
+        overdue = rec.get("status") == Status.QUEUED and time.time() > float(rec.get("deadline") or "inf")
+        # Overdue: expire it now rather than answer 'queued' until a sweep or a worker comes.
+        if overdue and self.expire(job_id) == "expired":
+            rec = self.raw(job_id)
         return to_public(job_id, rec)
+
+    def expire(self, job_id: str) -> str | None:
+        """Fail a queued job past its deadline as expired: 'expired', else the status that forbids it."""
+        return self._expire(
+            keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(time.time()), _EXPIRED_ERROR]
+        )
 
     def owns(self, job_id: str, tenant: str) -> bool:
         """Return True when the job exists and belongs to the tenant."""
@@ -148,15 +162,9 @@ class JobStore:
         """Move a queued job to running under a lease: 'claimed', 'expired' (past its deadline),
         else the status that forbids it (None if unknown)."""
         now = time.time()
-        expired = json.dumps(
-            {
-                "code": ErrorCode.EXPIRED.value,
-                "message": "the job's deadline passed before a worker could start it",
-            }
-        )
         return self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(now), worker, device, repr(now + lease_s), expired],
+            args=[job_id, repr(now), worker, device, repr(now + lease_s), _EXPIRED_ERROR],
         )
 
     def renew(self, job_ids: list[str], lease_s: float) -> None:

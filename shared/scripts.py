@@ -236,3 +236,27 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return 'requeued'
 """
 )
+
+# A queued job past its deadline fails as expired, in one step: a read that finds it overdue
+# expires it at once (no worker or sweep needed), and a worker claiming it meanwhile cannot win
+# the race. KEYS: job, events. ARGV: job id, now, expired-error JSON.
+EXPIRE = (
+    _UNQUEUE
+    + _NOTIFY
+    + """
+local st, deadline = unpack(redis.call('HMGET', KEYS[1], 'status', 'deadline'))
+if st ~= 'queued' then return st or false end
+if not deadline or tonumber(ARGV[2]) <= tonumber(deadline) then return 'queued' end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+unqueue(KEYS[1], ARGV[1])
+ended(KEYS[1], KEYS[2], ARGV[1], 'failed', ARGV[2])
+return 'expired'
+"""
+)
+
+# Release a lock only if this holder still holds it (it may have lapsed and been taken).
+# KEYS: lock. ARGV: holder's token.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

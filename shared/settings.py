@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this
     max_attempts: Annotated[int, Field(ge=1)] = 3  # worker deaths a job may cause before it fails worker_lost
+    # API processes run the reconciler's sweep too (one at a time, by a Redis lock), so queued
+    # jobs expire and lost messages are re-sent while no worker runs; see docs/faults.md.
+    api_reconciler: bool = True
     max_queued: Annotated[int, Field(ge=0)] = 10_000  # queued jobs per model before 429; 0 = no limit
     max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
     idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered

@@ -12,10 +12,10 @@ from collections import Counter
 import redis
 from celery import Celery
 
-from shared import keys
+from shared import keys, scripts
 from shared.celery_app import enqueue, queue_lists
 from shared.jobstore import JobStore
-from shared.schemas import ErrorCode, Priority, Status
+from shared.schemas import Priority, Status
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def resend(r: redis.Redis, app: Celery, job_id: str) -> None:
 
 
 class Reconciler:
-    """Runs in every worker; a Redis lock lets one sweep at a time across the fleet."""
+    """Runs in every API process and every worker; a Redis lock lets one sweep at a time."""
 
     def __init__(self, store: JobStore, app: Celery, settings: Settings) -> None:
         self.store = store
@@ -38,6 +38,7 @@ class Reconciler:
         self.app = app
         self.settings = settings
         self.interval_s = settings.lease_seconds / 3  # so a lapsed lease is seen within lease_seconds
+        self._unlock = self.r.register_script(scripts.UNLOCK)
 
     def run(self, stop: threading.Event) -> None:
         """Sweep every interval until stop is set; Redis outages are logged and waited out."""
@@ -52,6 +53,7 @@ class Reconciler:
     def sweep(self) -> Counter:
         """Do one pass if no other worker is doing one; return what it changed."""
         token = secrets.token_hex(8)
+        # The lock's TTL (two intervals) frees it if its holder dies mid-sweep.
         if not self.r.set(keys.RECONCILER_LOCK, token, nx=True, px=int(self.interval_s * 2000)):
             return Counter()
         try:
@@ -59,8 +61,7 @@ class Reconciler:
             counts.update(self._stale_queued())
             return counts
         finally:
-            if self.r.get(keys.RECONCILER_LOCK) == token:
-                self.r.delete(keys.RECONCILER_LOCK)
+            self._unlock(keys=[keys.RECONCILER_LOCK], args=[token])
 
     def _send(self, job_id: str) -> None:
         resend(self.r, self.app, job_id)
@@ -109,12 +110,7 @@ class Reconciler:
                     self.r.zrem(zset, job_id)  # ended, or its record expired
                     continue
                 if deadline and now > float(deadline):
-                    error = {
-                        "code": ErrorCode.EXPIRED.value,
-                        "message": "the job's deadline passed before a worker could start it",
-                    }
-                    self.store.finish(job_id, Status.FAILED, error=error)
-                    counts["expired"] += 1
+                    counts[self.store.expire(job_id) or "gone"] += 1  # atomic: a claim may have won
                     continue
                 if present is None:
                     present = self._in_broker()
