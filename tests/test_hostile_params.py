@@ -13,8 +13,19 @@ from shared.schemas import JobCreate
 
 # Subnormals, values that round to 0 in float32, overflowing magnitudes, non-finite numbers (Python's
 # json module, and so the API, admits NaN and Infinity) and negative zero where 0 is not allowed.
-HOSTILE = [2.225073858507e-311, 1e-320, 5e-324, 1e-40, 1e308, -1e308, "NaN", "Infinity", "-Infinity", 1e-3 / 2]
-HOSTILE_IDS = ["subnormal", "1e-320", "min-subnormal", "below-float32", "1e308", "-1e308", "nan", "inf", "-inf", "tiny"]
+HOSTILE_BY_ID = {
+    "subnormal": 2.225073858507e-311,
+    "1e-320": 1e-320,
+    "min-subnormal": 5e-324,
+    "below-float32": 1e-40,
+    "1e308": 1e308,
+    "-1e308": -1e308,
+    "nan": "NaN",
+    "inf": "Infinity",
+    "-inf": "-Infinity",
+    "tiny": 1e-3 / 2,
+}
+HOSTILE, HOSTILE_IDS = list(HOSTILE_BY_ID.values()), list(HOSTILE_BY_ID)
 NATIVE_FIELDS = ["temperature", "top_p", "repetition_penalty"]
 OPENAI_FIELDS = ["temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty"]
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
@@ -68,6 +79,13 @@ def test_batch_refuses_hostile_number(http, store, name: str, value: Any) -> Non
     line = _body({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}, value, name).decode()
     openai = f'{{"custom_id": "a", "method": "POST", "url": "{CHAT}", "body": {line}}}\n'
     _refused(http.post("/v1/batches", data=openai, content_type="application/x-ndjson"), 422, f"body.{name}")
+    _nothing_stored(store)
+
+
+@pytest.mark.parametrize("name", ["top_p", "repetition_penalty"])
+def test_negative_zero_is_refused_where_zero_is(http, store, name: str) -> None:
+    body = _body({"model": "tiny", "prompt": "x"}, "-0.0", name)
+    _refused(http.post("/v1/jobs", data=body, content_type="application/json"), 422, name)
     _nothing_stored(store)
 
 
