@@ -17,7 +17,6 @@ from api import idempotency, openai_batch
 from api.errors import ApiError, invalid, validation_details
 from api.routes import json_response, wait_arg
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
-from shared import keys
 from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
@@ -211,14 +210,14 @@ def _full(what: str, cap: int, n: int, code: ErrorCode) -> ApiError:
     )
 
 
-def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str], tenant: str) -> None:
+def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str]) -> None:
     """Undo a stored batch whose messages could not all be sent: cancel its jobs, forget the rest."""
     batches.delete(batch_id)  # first: its jobs' ends then count towards no batch (no webhook)
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
-        if store.cancel(job_id) == "cancelled":
-            store.delete(job_id)
-            store.r.zrem(keys.tenant_jobs(tenant), job_id)
+        # Deleting a queued one first works with Redis full, when no write (and no claim) can.
+        if store.delete(job_id) not in ("deleted", None):
+            store.cancel(job_id)
 
 
 @batches_bp.post("/v1/batches")
@@ -288,7 +287,7 @@ def _submit_batch(
         # Only Redis failing midway gets here; a job whose message is lost would still be re-sent
         # by the reconciler, but the client is told "refused", so nothing may run.
         with contextlib.suppress(Exception):
-            _withdraw(store, batches, batch_id, [j.job_id for j in new], tenant)
+            _withdraw(store, batches, batch_id, [j.job_id for j in new])
         raise
     batches.submitted(batch_id)
     return record

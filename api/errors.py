@@ -63,6 +63,26 @@ def error_response(
     return resp
 
 
+def store_full(exc: BaseException) -> bool:
+    """Return True when Redis refused a write for want of memory (maxmemory under noeviction);
+    kombu wraps the error, so its causes are searched too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def store_down_error(exc: Exception) -> tuple[ErrorCode, str]:
+    """Return the code and message of a 503 for a Redis error: full, or unavailable."""
+    if store_full(exc):
+        log.warning("job store full: %s", exc)
+        return ErrorCode.STORE_FULL, "the job store (Redis) is full; nothing was stored; retry later"
+    log.warning("job store unavailable: %s", exc)
+    return ErrorCode.SERVICE_UNAVAILABLE, "the job store (Redis) is unavailable; retry later"
+
+
 def validation_details(exc: ValidationError) -> list[ErrorDetail]:
     """Name each bad field of a pydantic error, as dotted paths."""
     return [
@@ -95,13 +115,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(OperationalError)
     def _store_down(exc: Exception) -> Response:
-        log.warning("job store unavailable: %s", exc)
-        return error_response(
-            503,
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "the job store (Redis) is unavailable; retry later",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+        code, message = store_down_error(exc)
+        return error_response(503, code, message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from api.errors import RETRY_AFTER_S, ApiError
+from api.errors import RETRY_AFTER_S, ApiError, store_down_error
 from api.openai_replies import OpenAIHTTPError, Reply, cancel, failure, stream
 from api.openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from api.submit import check_limits, submit
@@ -283,10 +283,9 @@ def _http_error(exc: HTTPException) -> Response:
 @openai_bp.errorhandler(redis.RedisError)
 @openai_bp.errorhandler(OperationalError)
 def _store_down(exc: Exception) -> Response:
-    log.warning("job store unavailable: %s", exc)
-    message = "the job store (Redis) is unavailable; retry later"
+    code, message = store_down_error(exc)
     headers = {"Retry-After": str(RETRY_AFTER_S)}
-    return OpenAIHTTPError(503, message, "server_error", None, "service_unavailable", headers).response()
+    return OpenAIHTTPError(503, message, "server_error", None, code.value, headers).response()
 
 
 @openai_bp.errorhandler(Exception)

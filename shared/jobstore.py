@@ -53,6 +53,7 @@ class JobStore:
         self._cancel = client.register_script(scripts.CANCEL)
         self._requeue = client.register_script(scripts.REQUEUE)
         self._expire = client.register_script(scripts.EXPIRE)
+        self._delete = client.register_script(scripts.DELETE_QUEUED)
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -149,14 +150,10 @@ class JobStore:
         """Return True when the job exists and belongs to the tenant."""
         return self.r.hget(keys.job(job_id), "tenant") == tenant
 
-    def delete(self, job_id: str) -> None:
-        """Remove a job whose enqueue failed, so that no record claims it exists."""
-        model = self.r.hget(keys.job(job_id), "model")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(keys.job(job_id), keys.events(job_id), keys.ended(job_id))
-        if model:
-            pipe.zrem(keys.queued(model), job_id)
-        pipe.execute()
+    def delete(self, job_id: str) -> str | None:
+        """Remove a still-queued job whose enqueue failed (works with Redis full): 'deleted', else
+        the status that keeps it (None if unknown)."""
+        return self._delete(keys=[keys.job(job_id), keys.events(job_id), keys.ended(job_id)], args=[job_id])
 
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> str | None:
         """Move a queued job to running under a lease: 'claimed', 'expired' (past its deadline),

@@ -260,3 +260,19 @@ UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Remove a job that was stored but could not be enqueued (or whose batch was withdrawn), if it is
+# still queued. DEL and ZREM come first: Redis lets a script that starts with them run when it is
+# out of memory, so a refused submission never leaves a record behind. KEYS: job, events, ended.
+# ARGV: job id. Returns 'deleted', else the status that keeps it (false if there is no record).
+DELETE_QUEUED = """
+local st, m, t = unpack(redis.call('HMGET', KEYS[1], 'status', 'model', 'tenant'))
+if not st then return false end
+if st ~= 'queued' then return st end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+t = t or 'default'
+redis.call('ZREM', 'genq:queued:' .. m, ARGV[1])
+redis.call('ZREM', 'genq:tqueued:' .. t, ARGV[1])
+redis.call('ZREM', 'genq:tjobs:' .. t, ARGV[1])
+return 'deleted'
+"""

@@ -11,6 +11,7 @@ from collections import Counter
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from shared import keys, scripts
 from shared.celery_app import enqueue, queue_lists
@@ -47,7 +48,7 @@ class Reconciler:
                 counts = self.sweep()
                 if counts:
                     log.info("reconciler: %s", dict(counts))
-            except redis.RedisError as exc:
+            except (redis.RedisError, OperationalError) as exc:  # kombu wraps Redis errors of a send
                 log.warning("reconciler sweep failed: %s", exc)
 
     def sweep(self) -> Counter:

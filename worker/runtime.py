@@ -32,6 +32,9 @@ from worker.webhooks import WebhookSender
 log = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 60  # how long a finished job's result waits for Redis to come back
+# How long it waits while Redis is up but full (maxmemory, noeviction): the result is kept here
+# until an operator frees memory, as no write of anyone's can land meanwhile.
+FULL_RETRY_S = 3600
 GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 
@@ -219,7 +222,7 @@ class Runtime:
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
         """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile);
         return False when the job had ended or moved on, so the result was not stored."""
-        deadline = time.monotonic() + FINISH_RETRY_S
+        started = time.monotonic()
         while True:
             try:
                 stored = self.store.finish(job_id, status, holder=self.worker_id, **fields)
@@ -227,7 +230,8 @@ class Runtime:
                     log.warning("job %s: result not stored, the job ended or moved on", job_id)
                 return stored
             except redis.RedisError as exc:
-                if time.monotonic() > deadline:
+                full = isinstance(exc, redis.exceptions.OutOfMemoryError)
+                if time.monotonic() - started > (FULL_RETRY_S if full else FINISH_RETRY_S):
                     raise  # the lease lapses and the reconciler runs the job again
                 log.warning("job %s: cannot store the result yet (%s); retrying", job_id, exc)
                 time.sleep(1)
