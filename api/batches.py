@@ -215,7 +215,8 @@ def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list
     batches.delete(batch_id)  # first: its jobs' ends then count towards no batch (no webhook)
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
-        # Deleting a queued one first works with Redis full, when no write (and no claim) can.
+        # Deleting a queued one first works with Redis full, when no write (and no claim) can; it
+        # leaves no record, nor an entry in its tenant's job list.
         if store.delete(job_id) not in ("deleted", None):
             store.cancel(job_id)
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from genq.client import Client
 from shared import keys
 from shared.celery_app import enqueue, make_celery
-from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Priority
 from shared.settings import FORWARD_FAULT_MARKER, Settings

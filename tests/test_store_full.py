@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from genq.client import Client
 from shared.celery_app import queue_lists
-from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate
 from shared.settings import Settings
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 LEASE_S = 6.0  # short leases, so that a job whose message or lease was lost meanwhile runs again soon
 FULL_FOR_S = 5.0  # how long the running workers find Redis full

@@ -11,7 +11,7 @@ from shared import keys
 from shared.celery_app import queue_lists
 from shared.jobstore import EVENT_DONE, JobStore
 from shared.settings import Settings
-from tests.conftest import start_api, wait_until
+from tests.support import start_api, wait_until
 
 LEASE_S = 1.5  # short leases: the sweep runs every LEASE_S / 3 seconds
 

@@ -13,10 +13,10 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from shared import keys, scripts
+from shared import keys
 from shared.celery_app import enqueue, queue_lists
 from shared.jobstore import JobStore
-from shared.schemas import Priority, Status
+from shared.schemas import Status
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
-def resend(r: redis.Redis, app: Celery, job_id: str) -> None:
+def resend(store: JobStore, app: Celery, job_id: str) -> None:
     """Enqueue a new message for a queued job, at its priority (a rerun, or a lost message)."""
-    model, priority, attempts = r.hmget(keys.job(job_id), "model", "priority", "attempts")
-    enqueue(app, keys.queue(model), job_id, Priority(priority or "interactive"), int(attempts or 0))
+    rec = store.record(job_id)
+    if rec is not None:  # else its record expired meanwhile: nothing is left to run
+        enqueue(app, keys.queue(rec.model), job_id, rec.priority, rec.attempts)
 
 
 class Reconciler:
@@ -39,7 +40,6 @@ class Reconciler:
         self.app = app
         self.settings = settings
         self.interval_s = settings.lease_seconds / 3  # so a lapsed lease is seen within lease_seconds
-        self._unlock = self.r.register_script(scripts.UNLOCK)
 
     def run(self, stop: threading.Event) -> None:
         """Sweep every interval until stop is set; Redis outages are logged and waited out."""
@@ -62,10 +62,10 @@ class Reconciler:
             counts.update(self._stale_queued())
             return counts
         finally:
-            self._unlock(keys=[keys.RECONCILER_LOCK], args=[token])
+            self.store.unlock(keys.RECONCILER_LOCK, token)
 
     def _send(self, job_id: str) -> None:
-        resend(self.r, self.app, job_id)
+        resend(self.store, self.app, job_id)
 
     def _lapsed_leases(self) -> Counter:
         counts: Counter = Counter()
@@ -106,11 +106,11 @@ class Reconciler:
         for spec in self.settings.models:
             zset = keys.queued(spec.name)
             for job_id in self.r.zrangebyscore(zset, "-inf", now - self.settings.lease_seconds):
-                status, deadline = self.r.hmget(keys.job(job_id), "status", "deadline")
-                if status != Status.QUEUED.value:
+                rec = self.store.record(job_id)
+                if rec is None or rec.status is not Status.QUEUED:
                     self.r.zrem(zset, job_id)  # ended, or its record expired
                     continue
-                if deadline and now > float(deadline):
+                if rec.deadline is not None and now > rec.deadline:
                     counts[self.store.expire(job_id) or "gone"] += 1  # atomic: a claim may have won
                     continue
                 if present is None:
