@@ -66,7 +66,7 @@ def _recover_from_full_redis() -> None:
 
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings; no result backend (the job store holds results)."""
-    kombu_redis.QoS.restore_unacked = _restore_unacked  # idempotent; see _restore_unacked
+    kombu_redis.QoS.restore_unacked = _restore_unacked  # type: ignore[method-assign]  # idempotent; see _restore_unacked
     _recover_from_full_redis()
     app = Celery("genq", broker=settings.redis_url)
     transport: dict[str, object] = {"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS}

@@ -41,18 +41,32 @@ MAX_REPETITION_PENALTY = 10.0
 MAX_TOP_K = 100_000  # tokens; above any vocabulary genq serves
 
 
-def zero_or_range(name: str, low: float, high: float) -> Any:
-    """A finite float that is 0 (off: greedy) or within [low, high]; the JSON schema says the same."""
+def zero_or(name: str, low: float, high: float) -> AfterValidator:
+    """Check that a finite float is 0 (off: greedy) or within [low, high]; -0.0 becomes 0.0."""
 
     def check(value: float) -> float:
         if value == 0:
-            return 0.0  # -0.0 too
+            return 0.0
         if not low <= value <= high:
             raise ValueError(f"{name} must be 0 (greedy) or from {low:g} to {high:g}")
         return value
 
-    schema = {"anyOf": [{"type": "number", "const": 0}, {"type": "number", "minimum": low, "maximum": high}]}
-    return Annotated[float, Field(allow_inf_nan=False), AfterValidator(check), WithJsonSchema(schema)]
+    return AfterValidator(check)
+
+
+def zero_or_schema(low: float, high: float) -> WithJsonSchema:
+    """The JSON schema of zero_or's range, so the OpenAPI document states the same bounds."""
+    return WithJsonSchema(
+        {"anyOf": [{"type": "number", "const": 0}, {"type": "number", "minimum": low, "maximum": high}]}
+    )
+
+
+Temperature = Annotated[
+    float,
+    Field(allow_inf_nan=False),
+    zero_or("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE),
+    zero_or_schema(MIN_TEMPERATURE, MAX_TEMPERATURE),
+]
 
 
 def _utf8(text: str) -> str:
@@ -161,7 +175,7 @@ class GenerationParams(BaseModel):
 
     max_new_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
     # 0 = greedy; < 1 sharper, > 1 flatter
-    temperature: zero_or_range("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE) = 1.0
+    temperature: Temperature = 1.0
     # nucleus mass kept; 1.0 = all tokens
     top_p: Annotated[float, Field(ge=MIN_TOP_P, le=1.0, allow_inf_nan=False)] = 1.0
     top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = 0  # keep the k likeliest tokens; 0 = all

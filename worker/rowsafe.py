@@ -40,8 +40,9 @@ def sample_rows(
     except (RuntimeError, ValueError):  # e.g. multinomial on inf/NaN probabilities: find the rows
         chosen = {}
         for i in rows:
-            if i in states:
-                generators[i].set_state(states[i])
+            gen = generators[i]
+            if gen is not None:
+                gen.set_state(states[i])
             one = torch.tensor([i], device=logits.device)
             try:
                 tokens[i] = _sample(logits[one], [params[i]], [generators[i]], seen, one)[0]

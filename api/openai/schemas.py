@@ -16,7 +16,8 @@ from shared.schemas import (
     MIN_REPETITION_PENALTY,
     MIN_TEMPERATURE,
     MIN_TOP_P,
-    zero_or_range,
+    zero_or,
+    zero_or_schema,
 )
 
 MAX_N = 8  # choices per request; each choice is its own genq job
@@ -24,6 +25,15 @@ MAX_TEMPERATURE = 2.0  # OpenAI's range is 0 to 2 (genq's own API allows up to 5
 MAX_SEED = 2**63 - 1 - MAX_N  # choice i runs with seed + i, which must fit genq's 63-bit seeds
 MAX_USER_CHARS = 256  # the `user` string, stored in the jobs' metadata
 MAX_PENALTY = 2.0  # OpenAI's range of frequency_penalty and presence_penalty is -2 to 2
+Temperature = Annotated[
+    float,
+    Field(allow_inf_nan=False),
+    zero_or("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE),
+    zero_or_schema(MIN_TEMPERATURE, MAX_TEMPERATURE),
+]
+TopP = Annotated[
+    float, Field(allow_inf_nan=False), zero_or("top_p", MIN_TOP_P, 1.0), zero_or_schema(MIN_TOP_P, 1.0)
+]
 Penalty = Annotated[float, Field(ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)]
 
 FinishReason = Literal["stop", "length"]
@@ -64,8 +74,8 @@ class _CreateRequest(BaseModel):
 
     model: str | None = None  # None = the catalog's first model
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
-    temperature: zero_or_range("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE) | None = None  # None = 1.0
-    top_p: zero_or_range("top_p", MIN_TOP_P, 1.0) | None = None  # None = 1.0; 0 = greedy
+    temperature: Temperature | None = None  # None = 1.0; 0 = greedy
+    top_p: TopP | None = None  # None = 1.0; 0 = greedy
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None  # None = 1; each choice is one job
     stop: str | list[str] | None = None  # up to 4; genq's job schema checks their sizes
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None  # choice i uses seed + i
@@ -218,18 +228,23 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class Completion(BaseModel):
-    """The answer to a non-streamed completion request."""
+class _CompletionFields(BaseModel):
+    """What a completion and each of its streamed chunks carry."""
 
     id: str  # cmpl-<hex of the first job's id>
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
+
+
+class Completion(_CompletionFields):
+    """The answer to a non-streamed completion request."""
+
     usage: CompletionUsage
 
 
-class CompletionChunk(Completion):
+class CompletionChunk(_CompletionFields):
     """One server-sent event of a streamed completion request (OpenAI keeps object text_completion)."""
 
     usage: CompletionUsage | None = None  # present (null but on the last) only with include_usage
