@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_swagger_ui import get_swaggerui_blueprint
 
+from api.admin import admin_bp, usage_bp
 from api.auth import install_auth
 from api.batches import batches_bp
 from api.errors import register_error_handlers
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(admin_bp)  # /v1/admin: keys, tenants' limits and usage (admin keys only)
+    app.register_blueprint(usage_bp)  # GET /v1/usage: the caller's own
     app.register_blueprint(metrics_bp)  # GET /metrics: no key, no rate limit (not under /v1)
     # An interactive API page from the same /openapi.json; its assets ship in the package (no CDN).
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "genq API"}))

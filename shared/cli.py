@@ -360,25 +360,6 @@ def _up(args: argparse.Namespace) -> int:
     return run_stack(device=args.device)
 
 
-def _keys_create(args: argparse.Namespace) -> int:
-    import re
-
-    from api.auth import add_key
-
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.tenant):
-        print("genq: a tenant name is 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr)
-        return 2
-    path = Path(args.file or os.environ.get("GENQ_API_KEYS_FILE") or ".genq/api-keys")
-    key = add_key(path, args.tenant)
-    print(key)
-    print(
-        f"genq: key for tenant {args.tenant!r} created; only its hash is stored in {path}. "
-        f"Shown once: keep it now. The API reads the file when GENQ_API_KEYS_FILE={path} is set.",
-        file=sys.stderr,
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every genq subcommand."""
     parser = argparse.ArgumentParser(prog="genq", description=__doc__)
@@ -390,12 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("keys", help="manage API keys")
-    keys_sub = p.add_subparsers(dest="keys_command", required=True)
-    k = keys_sub.add_parser("create", help="create a key for a tenant; prints it once, stores only its hash")
-    k.add_argument("--tenant", required=True)
-    k.add_argument("--file", help="keys file (default: GENQ_API_KEYS_FILE, else .genq/api-keys)")
-    k.set_defaults(func=_keys_create)
+    from api.keys_cli import add_commands
+
+    add_commands(sub)  # genq keys create|list|revoke|limits|usage: Redis directly, no API needed
 
     p = sub.add_parser("submit", help="submit a generation job")
     p.add_argument("prompt")

@@ -60,10 +60,11 @@ class JobStore:
         deadline: float | None = None,
         tenant: str = DEFAULT_TENANT,
         max_tenant_queued: int = 0,
+        key_id: str | None = None,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
-        record = job_record(model, request, now, deadline, tenant)
+        record = job_record(model, request, now, deadline, tenant, key_id=key_id)
         pairs = flatten(record)
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
@@ -282,6 +283,7 @@ def job_record(
     deadline: float | None,
     tenant: str,
     batch_id: str | None = None,
+    key_id: str | None = None,
 ) -> dict[str, Any]:
     """Return the stored record (a hash's fields) of a new queued job."""
     body = request.model_dump(mode="json", exclude={"metadata", "webhook"})
@@ -304,6 +306,8 @@ def job_record(
         record["webhook_events"] = ",".join(request.webhook.events)
     if batch_id is not None:  # its start and end count towards the batch's (shared/scripts.py)
         record["batch"] = batch_id
+    if key_id is not None:  # the API key it came with: its end counts towards that key's usage
+        record["key_id"] = key_id
     return record
 
 

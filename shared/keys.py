@@ -56,6 +56,43 @@ def tenant_jobs(tenant: str) -> str:
     return f"{PREFIX}:tjobs:{tenant}"
 
 
+def api_key(digest: str) -> str:
+    """Return the hash of a runtime API key, named by the key's SHA-256 (hex): its one lookup."""
+    return f"{PREFIX}:apikey:{digest}"
+
+
+def api_key_id(key_id: str) -> str:
+    """Return the string that maps a key's public id to its SHA-256 (hex), for revoking by id."""
+    return f"{PREFIX}:apikey-id:{key_id}"
+
+
+API_KEYS = f"{PREFIX}:apikeys"  # zset: every runtime key's id → when it was created (Unix seconds)
+AUDIT = f"{PREFIX}:audit"  # stream: one entry per key created or revoked, or limits changed
+
+
+def tenant_limits(tenant: str) -> str:
+    """Return the hash of a tenant's limits that override the global defaults."""
+    return f"{PREFIX}:limits:{tenant}"
+
+
+USAGE = f"{PREFIX}:usage"  # prefix of the per-day usage hashes (shared/usage.py; the Lua builds them)
+
+
+def usage_tenant(tenant: str, day: int) -> str:
+    """Return the hash of a tenant's usage on one UTC day (days since 1970-01-01)."""
+    return f"{USAGE}:tenant:{tenant}:{day}"
+
+
+def usage_key(key_id: str, day: int) -> str:
+    """Return the hash of one API key's usage on one UTC day."""
+    return f"{USAGE}:key:{key_id}:{day}"
+
+
+def usage_key_ids(tenant: str, day: int) -> str:
+    """Return the set of the key ids a tenant's jobs that ended on one UTC day were submitted with."""
+    return f"{USAGE}:keys:{tenant}:{day}"
+
+
 def batch(batch_id: str) -> str:
     """Return the key of a batch's record (a hash: tenant, created_at, total, metadata, cancelled)."""
     return f"{PREFIX}:batch:{batch_id}"
