@@ -23,7 +23,7 @@ from api.openai_replies import OpenAIHTTPError, Reply, cancel, failure, stream
 from api.openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from api.submit import check_limits, submit
 from shared.jobstore import JobStore
-from shared.schemas import JobCreate, JobPublic
+from shared.schemas import ErrorCode, JobCreate, JobPublic
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,9 @@ def _from_api_error(exc: ApiError, renames: dict[str, str] | None = None) -> Ope
     """Translate genq's error (as the shared limit checks raise it) to OpenAI's shape and status."""
     field = exc.details[0].field if exc.details else None
     param = (renames or {}).get(field, field) if field else None
+    if exc.code is ErrorCode.BUDGET_EXCEEDED:  # OpenAI's word for a spent budget
+        quota = "insufficient_quota"
+        return OpenAIHTTPError(429, exc.message, quota, None, quota, exc.headers)
     if exc.status == 429:
         return OpenAIHTTPError(429, exc.message, "requests", None, "rate_limit_exceeded", exc.headers)
     if exc.status < 500:

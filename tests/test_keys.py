@@ -185,6 +185,9 @@ def test_budget_refuses_new_jobs_until_midnight_utc_and_accepted_jobs_still_run(
         "/v1/batches", json={"requests": [{"custom_id": "a", "prompt": "x"}]}, headers=bearer(acme)
     )
     assert batch.status_code == 429 and batch.get_json()["error"]["code"] == "budget_exceeded"
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
+    openai = http.post("/v1/chat/completions", json=chat, headers=bearer(acme))
+    assert openai.status_code == 429 and openai.get_json()["error"]["code"] == "insufficient_quota"
     assert http.post("/v1/jobs", json={"prompt": "x"}, headers=bearer(globex)).status_code == 202
     end_job(store, second, 10, 10)  # accepted before: it still runs and counts
     assert http.get("/v1/usage", headers=bearer(acme)).get_json()["total_tokens"] == 120
