@@ -53,8 +53,7 @@ class LimitsUpdate(BaseModel):
 
 def _ctx() -> tuple[Settings, KeyStore]:
     ext = current_app.extensions["genq"]
-    # Admin changes are read back at once, not from this process's short cache.
-    return ext["settings"], KeyStore(ext["store"].r)
+    return ext["settings"], ext["keys"]
 
 
 def _actor() -> str:
@@ -140,7 +139,7 @@ def limits_body(settings: Settings, tenant: str, own: TenantLimits) -> dict[str,
 def get_limits(tenant: str) -> Response:
     """Show a tenant's own limits and those in force."""
     settings, store = _ctx()
-    return _reply(limits_body(settings, tenant, store.limits(_tenant(tenant))))
+    return _reply(limits_body(settings, tenant, store.limits(_tenant(tenant), fresh=True)))
 
 
 @admin_bp.patch("/tenants/<tenant>/limits")
@@ -179,11 +178,11 @@ def date_range() -> tuple[date, date]:
 def tenant_usage(tenant: str) -> Response:
     """Any tenant's usage, per UTC day and per key."""
     _, store = _ctx()
-    return _reply(usage.read_usage(store.r, _tenant(tenant), *date_range()))
+    return _reply(store.usage(_tenant(tenant), *date_range()))
 
 
 @usage_bp.get("/v1/usage")
 def own_usage() -> Response:
     """The caller's tenant's usage from ?start= to ?end= (UTC dates): jobs by status and tokens."""
     _, store = _ctx()
-    return _reply(usage.read_usage(store.r, g.tenant, *date_range()))
+    return _reply(store.usage(g.tenant, *date_range()))

@@ -12,13 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from flask import Flask, g, request
 from flask_limiter import Limiter
 
 from api.errors import ApiError
 from shared.jobstore import DEFAULT_TENANT
 from shared.keystore import KEY_PREFIX, KeyStore, hash_key, new_key
-from shared.redisconn import is_sentinel, limiter_uri
+from shared.redisconn import connect, is_sentinel, limiter_uri
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
@@ -94,6 +95,7 @@ class Caller:
     tenant: str
     key_id: str | None
     admin: bool = False
+    unverified: bool = False  # Redis was down while telling whether the API is open (see caller)
 
 
 def _unauthorized(code: ErrorCode, message: str) -> ApiError:
@@ -129,8 +131,15 @@ class Authenticator:
                     raise _unauthorized(ErrorCode.KEY_EXPIRED, "this API key has expired")
                 self.store.touch(digest, record)
                 return Caller(record.tenant, record.id, record.admin)
-        if not self.static and not self.store.any_keys():
-            return Caller(DEFAULT_TENANT, None)  # open mode: no key exists anywhere
+        if not self.static:
+            try:
+                if not self.store.any_keys():
+                    return Caller(DEFAULT_TENANT, None)  # open mode: no key exists anywhere
+            except redis.RedisError:
+                # HACK: Redis is down and this process never saw a key: bad input must still get
+                # its 422, so the caller goes on as a tenant no job has (''); the submit paths
+                # answer it 503 (api/quota.py), and everything else needs Redis anyway.
+                return Caller("", None, unverified=True)
         raise _unauthorized(
             ErrorCode.UNAUTHORIZED, "missing or invalid API key; send 'Authorization: Bearer <key>'"
         )
@@ -139,7 +148,7 @@ class Authenticator:
 def install_auth(app: Flask, settings: Settings) -> None:
     """Require a key on /v1 when keys exist, and limit each tenant's request rate."""
     static = load_keys(settings)
-    store = KeyStore(app.extensions["genq"]["store"].r, settings.key_cache_s)
+    store = KeyStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.key_cache_s)
     app.extensions["genq"]["keys"] = store
     auth = Authenticator(static, store)
     try:
@@ -161,8 +170,13 @@ def install_auth(app: Flask, settings: Settings) -> None:
         if not request.path.startswith("/v1/"):
             return
         caller = auth.caller(request.headers.get("Authorization"))
-        g.tenant, g.key_id, g.admin = caller.tenant, caller.key_id, caller.admin
-        g.limits = store.limits(caller.tenant)
+        g.tenant, g.key_id, g.admin, g.unverified = (
+            caller.tenant,
+            caller.key_id,
+            caller.admin,
+            caller.unverified,
+        )
+        g.limits = store.limits(caller.tenant) if not caller.unverified else None
 
     def _rate_limit() -> str:
         """Return the caller's tenant's own requests/minute if set (0 = none), else GENQ_RATE_LIMIT."""

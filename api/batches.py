@@ -261,7 +261,7 @@ def _submit_batch(
 ) -> BatchRecord:
     """Store the batch and its jobs in one step, then enqueue each job; on a failure keep nothing."""
     _never_fits(settings, [job for _, job in jobs])
-    quota.check_budget(settings, store, tenant)
+    quota.check_budget(settings, tenant)
     tenant_cap = quota.queued_cap(settings)
     new = [BatchJob(custom_id, new_job_id(), job, deadline_of(settings, job)) for custom_id, job in jobs]
     try:

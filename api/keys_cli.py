@@ -122,25 +122,24 @@ def limits(args: argparse.Namespace) -> int:
     changes = {n: getattr(args, n) for n in TenantLimits.names() if getattr(args, n) is not None}
     if args.reset:
         changes = dict.fromkeys(TenantLimits.names())
-    own = (
-        store.set_limits(args.tenant, {k: None if v < 0 else v for k, v in changes.items()}, _actor())
-        if (changes)
-        else store.limits(args.tenant)
-    )
+    if changes:
+        own = store.set_limits(args.tenant, {k: None if v < 0 else v for k, v in changes.items()}, _actor())
+    else:
+        own = store.limits(args.tenant, fresh=True)
     print(json.dumps(limits_body(settings, args.tenant, own), indent=2))
     return 0
 
 
 def show_usage(args: argparse.Namespace) -> int:
     """Print a tenant's usage from --start to --end (UTC dates) as JSON."""
-    from shared.usage import read_usage, today
+    from shared.usage import today
 
     _, store = _store()
     start, end = args.start or today(), args.end or today()
     if start > end:
         print("genq: --start must not follow --end", file=sys.stderr)
         return 2
-    print(json.dumps(read_usage(store.r, args.tenant, start, end), indent=2))
+    print(json.dumps(store.usage(args.tenant, start, end), indent=2))
     return 0
 
 

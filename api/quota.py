@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 
-from flask import g
+from flask import current_app, g
 
-from api.errors import ApiError
+from api.errors import RETRY_AFTER_S, ApiError
 from shared import usage
-from shared.jobstore import JobStore
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
@@ -36,13 +35,20 @@ def tokens_per_day(settings: Settings) -> int:
     return settings.tokens_per_day if own is None else own
 
 
-def check_budget(settings: Settings, store: JobStore, tenant: str) -> None:
+def check_budget(settings: Settings, tenant: str) -> None:
     """Refuse new jobs (429 budget_exceeded) once today's tokens reach the tenant's budget."""
+    if g.get("unverified"):  # Redis was down when the caller was checked (api/auth.py)
+        raise ApiError(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the job store (Redis) is unavailable; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     budget = tokens_per_day(settings)
     if not budget:
         return
     now = time.time()
-    spent = usage.tokens_on(store.r, tenant, usage.day_of(now))
+    spent = current_app.extensions["genq"]["keys"].tokens_today(tenant, now)
     if spent >= budget:
         raise ApiError(
             429,

@@ -103,7 +103,7 @@ def submit(
     """Store a checked job, then enqueue it: 429 past either queued cap; never a record without a message."""
     spec = settings.model(job.model)
     assert spec is not None, "check_limits first"
-    quota.check_budget(settings, store, tenant)
+    quota.check_budget(settings, tenant)
     tenant_cap = quota.queued_cap(settings)
     job_id = job_id or new_job_id()
     deadline = deadline_of(settings, job)

@@ -1,8 +1,8 @@
 """Runtime API keys and per-tenant limits, kept in Redis (the one source of truth for every host).
 
-A key is stored only as its SHA-256: the hash `genq:apikey:<sha256>` holds its id, tenant, label,
+A key is stored only as its SHA-256: one hash named by it (keys.api_key) holds its id, tenant, label,
 times and flags, so authenticating a request is one lookup by hash, however many keys exist.
-Every create, revoke and limits change writes one audit log line (and a `genq:audit` entry).
+Every create, revoke and limits change writes one audit log line (and an entry in the keys.AUDIT stream).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from datetime import date
 from typing import Any
 
 import redis
 
-from shared import keys
+from shared import keys, usage
 
 audit_log = logging.getLogger("genq.audit")
 
@@ -122,6 +123,7 @@ class KeyStore:
         self._cache: dict[str, tuple[float, Any]] = {}
         self._touched: dict[str, float] = {}  # key id → when this process last wrote last_used
         self._lock = threading.Lock()
+        self._closed = False  # a runtime key exists: the API is not open (never reverts)
 
     # --- the request path -----------------------------------------------------
     def _cached(self, name: str, load: Any) -> Any:
@@ -149,16 +151,28 @@ class KeyStore:
 
     def any_keys(self) -> bool:
         """Return True once any runtime key was ever created (the API then needs keys)."""
-        return bool(self._cached("any", lambda: self.r.exists(keys.API_KEYS)))
+        if self._closed:
+            return True
+        # Keys are never deleted from the index, so once seen the answer stays (no Redis call).
+        self._closed = bool(self._cached("any", lambda: self.r.exists(keys.API_KEYS)))
+        return self._closed
 
-    def limits(self, tenant: str) -> TenantLimits:
-        """Return a tenant's overrides (cached like keys)."""
+    def limits(self, tenant: str, fresh: bool = False) -> TenantLimits:
+        """Return a tenant's overrides (cached like keys, unless fresh)."""
 
         def load() -> TenantLimits:
             stored = self.r.hgetall(keys.tenant_limits(tenant))
             return TenantLimits(**{k: int(v) for k, v in stored.items() if k in TenantLimits.names()})
 
-        return self._cached(f"l:{tenant}", load)
+        return load() if fresh else self._cached(f"l:{tenant}", load)
+
+    def tokens_today(self, tenant: str, now: float) -> int:
+        """Return the tokens of the tenant's jobs that ended today (UTC), for its budget."""
+        return usage.tokens_on(self.r, tenant, usage.day_of(now))
+
+    def usage(self, tenant: str, start: date, end: date) -> dict[str, Any]:
+        """Return a tenant's usage from start to end (UTC dates, inclusive): total, per day, per key."""
+        return usage.read_usage(self.r, tenant, start, end)
 
     def touch(self, digest: str, record: KeyRecord) -> None:
         """Note that a key was used now, writing to Redis at most every LAST_USED_EVERY_S."""
@@ -243,10 +257,10 @@ class KeyStore:
         )
         with self._lock:
             self._cache.pop(f"l:{tenant}", None)
-        return self.limits(tenant)
+        return self.limits(tenant, fresh=True)
 
     def audit(self, action: str, actor: str, tenant: str, key_id: str, **extra: Any) -> None:
-        """Write one audit line (and a genq:audit stream entry): who did what to which key, when."""
+        """Write one audit line (and a keys.AUDIT stream entry): who did what to which key, when."""
         now = time.time()
         entry = {"action": action, "actor": actor or "unknown", "tenant": tenant, "key_id": key_id, **extra}
         self.r.xadd(keys.AUDIT, {**entry, "at": repr(now)}, maxlen=AUDIT_MAXLEN, approximate=True)

@@ -7,6 +7,7 @@ A job's tokens are the `usage` of its final record (the attempt that ended it).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -22,18 +23,17 @@ from shared.schemas import TERMINAL
 DAY_S = 86_400  # seconds in a UTC day (Unix time has no leap seconds)
 USAGE_TTL_S = 400 * DAY_S  # how long a day's usage is kept: a year for billing, plus a month
 MAX_RANGE_DAYS = 366  # longest ?start=..&end= span one usage query reads
-METRICS_TENANTS = f"{keys.PREFIX}:metrics:tenants"  # set: every tenant that has ended a job
-FIELDS = ("prompt_tokens", "completion_tokens")
-
-
-def metrics_tenant(tenant: str) -> str:
-    """Return the hash of a tenant's all-time counters for /metrics: status → jobs, and tokens."""
-    return f"{keys.PREFIX}:metrics:tenant:{tenant}"
-
+FIELDS = ("prompt_tokens", "completion_tokens")  # token counters of a usage hash
 
 # Lua, prepended to the transition scripts: `count_usage` is called by `ended` only. A record's
 # `usage` is JSON written by the worker; a job that never ran has none and counts 0 tokens.
-LUA = f"""
+# Key names come from shared/keys.py as locals K_<name> (json.dumps gives valid Lua literals).
+_LOCALS = "".join(
+    f"local K_{name} = {json.dumps(value)}\n" for name, value in keys.USAGE_LUA_PREFIXES.items()
+)
+LUA = (
+    _LOCALS
+    + f"""
 local function count_usage(job, status, now)
   local t, k, u = unpack(redis.call('HMGET', job, 'tenant', 'key_id', 'usage'))
   t = t or 'default'
@@ -46,10 +46,10 @@ local function count_usage(job, status, now)
       c = tonumber(d['completion_tokens']) or 0
     end
   end
-  local hashes = {{'{keys.USAGE}:tenant:' .. t .. ':' .. day}}
+  local hashes = {{K_USAGE_TENANT .. t .. ':' .. day}}
   if k then
-    table.insert(hashes, '{keys.USAGE}:key:' .. k .. ':' .. day)
-    local ids = '{keys.USAGE}:keys:' .. t .. ':' .. day
+    table.insert(hashes, K_USAGE_KEY .. k .. ':' .. day)
+    local ids = K_USAGE_KEY_IDS .. t .. ':' .. day
     redis.call('SADD', ids, k)
     redis.call('EXPIRE', ids, {USAGE_TTL_S})
   end
@@ -59,13 +59,14 @@ local function count_usage(job, status, now)
     redis.call('HINCRBY', h, 'completion_tokens', c)
     redis.call('EXPIRE', h, {USAGE_TTL_S})
   end
-  redis.call('SADD', '{METRICS_TENANTS}', t)
-  local m = '{keys.PREFIX}:metrics:tenant:' .. t
+  redis.call('SADD', K_METRICS_TENANTS, t)
+  local m = K_METRICS_TENANT .. t
   redis.call('HINCRBY', m, 'jobs:' .. status, 1)
   redis.call('HINCRBY', m, 'prompt_tokens', p)
   redis.call('HINCRBY', m, 'completion_tokens', c)
 end
 """
+)
 
 
 def day_of(when: float | date) -> int:
@@ -144,13 +145,13 @@ def read_usage(r: redis.Redis, tenant: str, start: date, end: date) -> dict[str,
 
 def tenant_metrics(r: redis.Redis, max_tenants: int) -> Iterator[Any]:
     """Yield per-tenant counters while the tenants are at most max_tenants; always their number."""
-    tenants = sorted(r.smembers(METRICS_TENANTS))
+    tenants = sorted(r.smembers(keys.METRICS_TENANTS))
     yield GaugeMetricFamily("genq_tenants", "Tenants that have had a job end.", value=len(tenants))
     if not tenants or len(tenants) > max_tenants:
         return  # past the cap, per-tenant series would blow up Prometheus's label cardinality
     pipe = r.pipeline(transaction=False)
     for tenant in tenants:
-        pipe.hgetall(metrics_tenant(tenant))
+        pipe.hgetall(keys.metrics_tenant(tenant))
     jobs = CounterMetricFamily(
         "genq_tenant_jobs", "Jobs that ended, per tenant and status.", labels=["tenant", "status"]
     )

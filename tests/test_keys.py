@@ -252,3 +252,15 @@ def test_prometheus_per_tenant_counters_are_capped(
     capped = create_app(settings.model_copy(update={"metrics_max_tenants": 1})).test_client().get("/metrics")
     text = capped.get_data(as_text=True)
     assert "genq_tenants 2.0" in text and "genq_tenant_jobs_total" not in text
+
+
+def test_redis_down_at_auth_never_lets_a_job_in_unverified(settings: Settings) -> None:
+    from api.app import create_app
+    from tests.conftest import free_port
+
+    dead = settings.model_copy(update={"api_keys": "", "redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    http = create_app(dead).test_client()
+    assert http.post("/v1/jobs", json={"prompt": "x", "temperature": -1}).status_code == 422  # still named
+    refused = http.post("/v1/jobs", json={"prompt": "x"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert http.get("/v1/models", headers=bearer("gq_anything")).status_code == 503
