@@ -9,17 +9,16 @@ client, GET /v1/usage, no rate limit). Target: no measurable difference, auth un
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
 from api.auth import Authenticator
+from bench.processes import start_redis, supervisor
 from shared import keys
 from shared.keystore import KeyStore, hash_key, new_key
 from shared.settings import Settings
@@ -27,28 +26,6 @@ from shared.settings import Settings
 FILL_PIPELINE = 5000  # keys written per round trip while filling
 TARGET_MS = 1.0  # the issue's bound on authentication per request
 DIFF_TOLERANCE_MS = 0.05  # differences below this count as "no measurable difference"
-
-
-def start_redis(workdir: str) -> tuple[subprocess.Popen, str]:
-    """Start a throwaway redis-server (no persistence) and return it with its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed (make setup)"
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer")
 
 
 def fill(r: redis.Redis, store: KeyStore, n: int) -> None:
@@ -65,36 +42,34 @@ def fill(r: redis.Redis, store: KeyStore, n: int) -> None:
         pipe.execute()
 
 
-def timed(call: Callable[[], object], n: int) -> tuple[float, float]:
-    """Return the median and 99th-percentile milliseconds of n calls (after a warm-up)."""
-    for _ in range(min(200, n)):
-        call()
+ROUNDS = 8  # the 1-key and many-key cases alternate this many times, so load drifts hit both alike
+
+
+def timed(call: Callable[[], object], n: int) -> list[float]:
+    """Return the milliseconds of each of n calls."""
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
         call()
         samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples), statistics.quantiles(samples, n=100)[98]
+    return samples
 
 
-def measure(url: str, n_calls: int) -> dict[str, tuple[float, float]]:
-    """Time auth per request against whatever keys the Redis at url holds, with one fresh key."""
-    r = redis.Redis.from_url(url, decode_responses=True)
-    key, _ = KeyStore(r).create("bench", label="measured")
-    header = f"Bearer {key}"
-    out = {}
-    for name, cache_s in [("function, no cache", 0.0), ("function, 1 s cache", 1.0)]:
-        auth = Authenticator([], KeyStore(r, cache_s))
-        out[name] = timed(lambda a=auth: a.caller(header), n_calls)
+def cases(url: str) -> dict[str, Callable[[], object]]:
+    """Return what is timed against the Redis database at url, each with a fresh key of its own."""
     from api.app import create_app
 
-    app = create_app(Settings(redis_url=url, rate_limit="", key_cache_s=1.0, log_level="WARNING"))
-    client = app.test_client()
-    assert client.get("/v1/usage", headers={"Authorization": header}).status_code == 200
-    out["HTTP GET /v1/usage (Flask app)"] = timed(
-        lambda: client.get("/v1/usage", headers={"Authorization": header}), n_calls // 4
-    )
-    return out
+    r = redis.Redis.from_url(url, decode_responses=True)
+    key, _ = KeyStore(r).create("bench", label="measured")
+    header = {"Authorization": f"Bearer {key}"}
+    uncached, cached = Authenticator([], KeyStore(r)), Authenticator([], KeyStore(r, 1.0))
+    client = create_app(Settings(redis_url=url, rate_limit="", log_level="WARNING")).test_client()
+    assert client.get("/v1/usage", headers=header).status_code == 200
+    return {
+        "function, no cache": lambda: uncached.caller(header["Authorization"]),
+        "function, 1 s cache": lambda: cached.caller(header["Authorization"]),
+        "HTTP GET /v1/usage (Flask app)": lambda: client.get("/v1/usage", headers=header),
+    }
 
 
 def main() -> None:
@@ -104,22 +79,33 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=4000, help="timed calls per figure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        proc, url = start_redis(workdir)
+        children = supervisor(Path(workdir))
         try:
-            r = redis.Redis.from_url(url, decode_responses=True)
-            small = measure(url, args.calls)  # 1 key stored (the measured one)
+            url = start_redis(children, Path(workdir))
+            # Database 0 holds 1 key, database 1 all of them: the two cases alternate on one server.
+            many_url = url.rsplit("/", 1)[0] + "/1"
+            many = redis.Redis.from_url(many_url, decode_responses=True)
             t0 = time.perf_counter()
-            fill(r, KeyStore(r), args.keys)
-            print(f"stored {r.zcard(keys.API_KEYS):,} keys in {time.perf_counter() - t0:.1f} s")
-            large = measure(url, args.calls)
+            fill(many, KeyStore(many), args.keys - 1)
+            print(f"stored {many.zcard(keys.API_KEYS) + 1:,} keys in {time.perf_counter() - t0:.1f} s")
+            one, lots = cases(url), cases(many_url)
+            samples: dict[tuple[str, int], list[float]] = {}
+            for name in one:
+                n = args.calls // ROUNDS // (4 if name.startswith("HTTP") else 1)
+                timed(one[name], n), timed(lots[name], n)  # warm-up
+                for _ in range(ROUNDS):
+                    samples.setdefault((name, 1), []).extend(timed(one[name], n))
+                    samples.setdefault((name, args.keys), []).extend(timed(lots[name], n))
         finally:
-            proc.terminate()
-            proc.wait(10)
+            children.stop_all()
     print(f"\n| auth per request (ms) | 1 key: median | p99 | {args.keys:,} keys: median | p99 |")
     print("|---|---|---|---|---|")
     verdict = True
-    for name in small:
-        (m1, p1), (m2, p2) = small[name], large[name]
+    for name in one:
+        (m1, p1), (m2, p2) = (
+            (statistics.median(x), statistics.quantiles(x, n=100)[98])
+            for x in (samples[name, 1], samples[name, args.keys])
+        )
         print(f"| {name} | {m1:.3f} | {p1:.3f} | {m2:.3f} | {p2:.3f} |")
         if name.startswith("function"):
             verdict &= m2 < TARGET_MS and abs(m2 - m1) < max(DIFF_TOLERANCE_MS, 0.25 * m1)

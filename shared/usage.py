@@ -7,7 +7,6 @@ A job's tokens are the `usage` of its final record (the attempt that ended it).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -27,13 +26,8 @@ FIELDS = ("prompt_tokens", "completion_tokens")  # token counters of a usage has
 
 # Lua, prepended to the transition scripts: `count_usage` is called by `ended` only. A record's
 # `usage` is JSON written by the worker; a job that never ran has none and counts 0 tokens.
-# Key names come from shared/keys.py as locals K_<name> (json.dumps gives valid Lua literals).
-_LOCALS = "".join(
-    f"local K_{name} = {json.dumps(value)}\n" for name, value in keys.USAGE_LUA_PREFIXES.items()
-)
-LUA = (
-    _LOCALS
-    + f"""
+# Key names are the Lua locals K_<name> of shared/keys.py's LUA_PREFIXES (transitions.py's _KEYS).
+LUA = f"""
 local function count_usage(job, status, now)
   local t, k, u = unpack(redis.call('HMGET', job, 'tenant', 'key_id', 'usage'))
   t = t or 'default'
@@ -66,7 +60,6 @@ local function count_usage(job, status, now)
   redis.call('HINCRBY', m, 'completion_tokens', c)
 end
 """
-)
 
 
 def day_of(when: float | date) -> int:

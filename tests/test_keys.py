@@ -41,7 +41,7 @@ def end_job(
     store: JobStore, job_id: str, prompt: int, completion: int, status: Status = Status.SUCCEEDED
 ) -> None:
     """Run a job to its end through the real claim and finish steps, with this usage."""
-    assert store.claim(job_id, "w-test", "cpu") == "claimed"
+    assert store.claim(job_id, "w-test", "cpu").outcome == "claimed"
     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
     assert store.finish(
         job_id, status, "w-test", usage=usage, output={"text": "x", "finish_reason": "length"}
@@ -204,10 +204,10 @@ def test_usage_is_counted_once_per_job_whatever_ends_it(http, keystore: KeyStore
     assert not store.finish(ids[0], Status.FAILED, "")  # a second end is refused, and not counted
     end_job(store, ids[1], 3, 0, Status.FAILED)
     assert store.cancel(ids[2]) == "cancelled"
-    assert store.claim(ids[3], "w-dead", "cpu") == "claimed"  # its worker dies: lease lapses twice
+    assert store.claim(ids[3], "w-dead", "cpu").outcome == "claimed"  # its worker dies: lease lapses twice
     store.r.zadd(keys.RUNNING, {ids[3]: 0})
     assert store.requeue(ids[3], max_attempts=2) == "requeued"
-    assert store.claim(ids[3], "w-dead", "cpu") == "claimed"
+    assert store.claim(ids[3], "w-dead", "cpu").outcome == "claimed"
     store.r.zadd(keys.RUNNING, {ids[3]: 0})
     assert store.requeue(ids[3], max_attempts=2) == "failed"
     got = http.get("/v1/usage", headers=bearer(key_a)).get_json()
@@ -256,7 +256,7 @@ def test_prometheus_per_tenant_counters_are_capped(
 
 def test_redis_down_at_auth_never_lets_a_job_in_unverified(settings: Settings) -> None:
     from api.app import create_app
-    from tests.conftest import free_port
+    from genq.supervisor import free_port
 
     dead = settings.model_copy(update={"api_keys": "", "redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     http = create_app(dead).test_client()

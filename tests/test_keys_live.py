@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from genq.client import Client, GenqError
 from shared import keys
-from shared.client import Client, GenqError
 from shared.jobstore import JobStore
 from shared.keystore import hash_key
 from shared.schemas import Status
 from shared.settings import CRASH_MARKER, Settings
-from tests.conftest import GENQ, ROOT, Proc, settings_env, start_api, wait_until
+from tests.support import GENQ, ROOT, Proc, settings_env, start_api, wait_until
 from tests.test_faults import keep_alive
 
 BOOT_KEY = "gq_live-bootstrap-key-000000000000000000000000"
@@ -135,7 +135,7 @@ def test_tenant_over_its_daily_budget_gets_429_on_both_apis_and_others_do_not(
     wait_until(lambda: all(status_of(b, k)[0] == 200 for b in bases for k in (acme, globex)), 10, "keys")
     job = Client(bases[0], api_key=acme).submit("spend", max_new_tokens=4)["id"]
     # Ended through the real Lua step (no model needed): 60 tokens, over the budget of 50.
-    assert store.claim(job, "w-test", "cpu") == "claimed"
+    assert store.claim(job, "w-test", "cpu").outcome == "claimed"
     usage = {"prompt_tokens": 20, "completion_tokens": 40}
     assert store.finish(
         job, Status.SUCCEEDED, "w-test", usage=usage, output={"text": "x", "finish_reason": "length"}
