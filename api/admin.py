@@ -5,14 +5,15 @@ An admin key belongs to a tenant like any key: the job routes still show it only
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 from typing import Annotated, Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from api.context import current
 from api.errors import ApiError, invalid, validation_details
+from api.wire import read_json_object
 from shared import usage
 from shared.keystore import TENANT_NAME, KeyStore, TenantLimits, parse_duration
 from shared.schemas import ErrorCode, ErrorDetail
@@ -52,8 +53,8 @@ class LimitsUpdate(BaseModel):
 
 
 def _ctx() -> tuple[Settings, KeyStore]:
-    ext = current_app.extensions["genq"]
-    return ext["settings"], ext["keys"]
+    ctx = current()
+    return ctx.settings, ctx.keys
 
 
 def _actor() -> str:
@@ -67,12 +68,7 @@ def _reply(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def _parse(model: type[BaseModel]) -> Any:
-    try:
-        data = json.loads(request.get_data(cache=False) or b"null")
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, ErrorCode.MALFORMED_JSON, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise invalid(ErrorCode.VALIDATION_ERROR, "request body must be a JSON object", "body")
+    data = read_json_object()
     try:
         return model.model_validate(data), data
     except ValidationError as exc:

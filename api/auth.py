@@ -11,16 +11,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from flask import Flask, g, request
 from flask_limiter import Limiter
 
+from api.context import Context
 from api.errors import ApiError
 from shared.jobstore import DEFAULT_TENANT
 from shared.keys import RATELIMIT
 from shared.keystore import KEY_PREFIX, KeyStore, hash_key, new_key
-from shared.redisconn import connect, is_sentinel, limiter_uri
+from shared.redisconn import is_sentinel, limiter_uri
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
@@ -149,8 +151,7 @@ class Authenticator:
 def install_auth(app: Flask, settings: Settings) -> None:
     """Require a key on /v1 when keys exist, and limit each tenant's request rate."""
     static = load_keys(settings)
-    store = KeyStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.key_cache_s)
-    app.extensions["genq"]["keys"] = store
+    store = Context.of(app).keys
     auth = Authenticator(static, store)
     try:
         runtime = store.any_keys()
@@ -188,7 +189,9 @@ def install_auth(app: Flask, settings: Settings) -> None:
         return f"{rpm}/minute" if rpm else ""
 
     # With Sentinels, the URL's password is the master's: none is sent to the Sentinels.
-    sentinel = {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
+    sentinel: dict[str, Any] = (
+        {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
+    )
     # Counters live in Redis, so the limit holds across every API process and host.
     Limiter(
         key_func=lambda: f"tenant:{g.get('tenant', DEFAULT_TENANT)}",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 
-from flask import current_app, g
+from flask import g
 
+from api.context import current
 from api.errors import RETRY_AFTER_S, ApiError
 from shared import usage
 from shared.schemas import ErrorCode
@@ -48,7 +49,7 @@ def check_budget(settings: Settings, tenant: str) -> None:
     if not budget:
         return
     now = time.time()
-    spent = current_app.extensions["genq"]["keys"].tokens_today(tenant, now)
+    spent = current().keys.tokens_today(tenant, now)
     if spent >= budget:
         raise ApiError(
             429,

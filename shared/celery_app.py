@@ -56,7 +56,7 @@ def _restore_unacked(self: Any, client: Any = None) -> Any:
 
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings; no result backend (the job store holds results)."""
-    kombu_redis.QoS.restore_unacked = _restore_unacked  # idempotent; see _restore_unacked
+    kombu_redis.QoS.restore_unacked = _restore_unacked  # type: ignore[method-assign]  # idempotent; see _restore_unacked
     app = Celery("genq", broker=settings.redis_url)
     transport: dict[str, object] = {"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS}
     if is_sentinel(settings.redis_url):  # kombu asks the Sentinels for this master

@@ -61,9 +61,9 @@ class Histogram:
             if field != "sum":
                 counts[bisect_left(self.bounds, float(field))] += int(n)
         bounds = [*map(floatToGoString, self.bounds), "+Inf"]
-        total, out = 0, []
-        for bound, n in zip(bounds, counts, strict=True):
-            total += n
+        total, out = 0, list[tuple[str, float]]()
+        for bound, count in zip(bounds, counts, strict=True):
+            total += count
             out.append((bound, total))
         return out, float(stored.get("sum", 0.0))
 
