@@ -6,6 +6,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from flask_swagger_ui import get_swaggerui_blueprint
 
+from api.admin import admin_bp, usage_bp
 from api.auth import install_auth
 from api.batches import batches_bp
 from api.context import Context
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None, sweep: bool | None = None) -> F
     app.register_blueprint(meta_bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(admin_bp)  # /v1/admin: keys, tenants' limits and usage (admin keys only)
+    app.register_blueprint(usage_bp)  # GET /v1/usage: the caller's own
     app.register_blueprint(metrics_bp)  # GET /metrics: no key, no rate limit (not under /v1)
     # An interactive API page from the same /openapi.json; its assets ship in the package (no CDN).
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "genq API"}))

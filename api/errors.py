@@ -150,6 +150,9 @@ def to_openai(exc: ApiError, renames: dict[str, str] | None = None) -> OpenAIHTT
     """Translate genq's error to OpenAI's shape and status; renames maps genq field names to OpenAI's."""
     field = exc.details[0].field if exc.details else None
     param = (renames or {}).get(field, field) if field else None
+    if exc.code is ErrorCode.BUDGET_EXCEEDED:  # OpenAI's word for a spent budget
+        quota = "insufficient_quota"
+        return OpenAIHTTPError(429, exc.message, quota, None, quota, exc.headers)
     if exc.status == 429:
         return OpenAIHTTPError(429, exc.message, "requests", None, "rate_limit_exceeded", exc.headers)
     if exc.status < 500:

@@ -81,10 +81,11 @@ class JobStore:
         deadline: float | None = None,
         tenant: str = DEFAULT_TENANT,
         max_tenant_queued: int = 0,
+        key_id: str | None = None,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
-        record = JobRecord.new(job_id, model, request, now, deadline, tenant)
+        record = JobRecord.new(job_id, model, request, now, deadline, tenant, key_id=key_id)
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
             args=[job_id, max_queued, repr(now), self.ttl_s, max_tenant_queued, *record.pairs()],

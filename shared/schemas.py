@@ -134,6 +134,10 @@ class ErrorCode(StrEnum):
     TENANT_QUEUE_FULL = "tenant_queue_full"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
+    KEY_EXPIRED = "key_expired"  # the key was valid once; only its holder can be told so
+    KEY_REVOKED = "key_revoked"
+    FORBIDDEN = "forbidden"  # a valid key without the right (admin routes need an admin key)
+    BUDGET_EXCEEDED = "budget_exceeded"  # the tenant's tokens for today are spent; Retry-After: midnight UTC
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     WEBHOOKS_DISABLED = "webhooks_disabled"  # a job names a webhook but GENQ_WEBHOOK_SECRET is unset
     WEBHOOK_URL_REFUSED = "webhook_url_refused"  # the URL resolves to a private address, or not at all

@@ -90,11 +90,22 @@ class Settings(BaseSettings):
     max_queued: Annotated[int, Field(ge=0)] = 10_000  # queued jobs per model before 429; 0 = no limit
     max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
     idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered
-    api_keys: str = ""  # comma-separated 'tenant:<sha256 hex of key>'; empty (and no file) = open API
-    api_keys_file: Path | None = None  # lines 'tenant <sha256 hex>', as `genq keys create` writes them
+    # Static bootstrap keys, besides those created at runtime in Redis (`genq keys create`). The API
+    # is open only while there are none of either.
+    api_keys: str = ""  # comma-separated 'tenant:<sha256 hex of key>'
+    api_keys_file: Path | None = None  # lines 'tenant <sha256 hex>', as `genq keys create --file` writes them
     rate_limit: str = "6000/minute"  # per tenant, across all API processes (Flask-Limiter syntax); "" = off
     # A tenant's queued jobs before 429 (0 = no limit); room for one full batch (max_batch_items).
     max_queued_per_tenant: Annotated[int, Field(ge=0)] = 2000
+    # Runtime keys and tenants (shared/keystore.py); a tenant's limits set with `genq keys limits`
+    # or the admin API override rate_limit, max_queued_per_tenant and tokens_per_day for it.
+    tokens_per_day: Annotated[int, Field(ge=0)] = 0  # per tenant, prompt + completion, per UTC day; 0 = none
+    # Seconds an API process trusts a key or a tenant's limits it read from Redis; a created or
+    # revoked key takes effect on every API process within this (at most 2 s, as promised).
+    key_cache_s: Annotated[float, Field(ge=0, le=2)] = 1.0
+    # Per-tenant Prometheus series while there are at most this many tenants (label cardinality);
+    # past it they are left out of /metrics (GET /v1/admin/tenants/T/usage still has them). 0 = never.
+    metrics_max_tenants: Annotated[int, Field(ge=0)] = 100
     # Webhooks (shared/webhooks.py): bodies are signed with the secret; without one they are refused.
     webhook_secret: str = ""  # HMAC-SHA256 key of X-Genq-Signature; "" = jobs naming a webhook get 422
     webhook_timeout_s: Annotated[float, Field(gt=0)] = 5.0  # per attempt: connect, and each socket read

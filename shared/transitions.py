@@ -7,7 +7,7 @@ nothing else runs them.
 
 import json
 
-from shared import keys
+from shared import keys, usage
 
 # Lua locals named after shared/keys.py's prefixes; json.dumps gives a valid Lua string literal.
 _KEYS = "".join(f"local K_{name} = {json.dumps(value)}\n" for name, value in keys.LUA_PREFIXES.items())
@@ -91,7 +91,9 @@ end
 # A job (or batch) whose webhook wants this event gets a delivery due now, in the same step as
 # the state change, so no event is lost between the two; a worker's sender POSTs it
 # (worker/webhooks.py). The delivery id stays the same across retries (receivers deduplicate on it).
-_NOTIFY = """
+_NOTIFY = (
+    usage.LUA
+    + """
 local function schedule(key, kind, id, event, delivery, now)
   local url, events = unpack(redis.call('HMGET', key, 'webhook_url', 'webhook_events'))
   if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
@@ -133,7 +135,7 @@ local function batch_ended(job, now)
 end
 -- Every terminal transition ends here, once: counted for /metrics (shared/metrics.py), the done
 -- event that closes streams, the ended entry that wakes long polls (they skip the token events),
--- the completed webhook, and the job's batch.
+-- the completed webhook, the job's batch, and its tenant's and key's usage (shared/usage.py).
 local function ended(job, events, id, status, now)
   local m = redis.call('HGET', job, 'model')
   local ttl = redis.call('TTL', job)
@@ -146,8 +148,10 @@ local function ended(job, events, id, status, now)
   redis.call('EXPIRE', over, ttl)
   notify(job, id, 'completed', now)
   batch_ended(job, now)
+  count_usage(job, status, now)
 end
 """
+)
 
 # queued → running, only from queued: a cancelled or finished job never starts; a job past its
 # deadline fails as expired instead. KEYS: job, events, running zset.
