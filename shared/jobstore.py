@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -41,14 +41,18 @@ def new_job_id() -> str:
 class JobStore:
     """Reads and writes job records, their events, and the worker registry."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self.r = client
         self.ttl_s = ttl_s
+        # Timestamps this process writes (never leases: Redis times those, shared/scripts.py).
+        self.clock = clock
         self._create = client.register_script(scripts.CREATE)
         self._claim = client.register_script(scripts.CLAIM)
         self._finish = client.register_script(scripts.FINISH)
         self._cancel = client.register_script(scripts.CANCEL)
         self._requeue = client.register_script(scripts.REQUEUE)
+        self._renew = client.register_script(scripts.RENEW)
+        self._publish = client.register_script(scripts.PUBLISH)
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -62,7 +66,7 @@ class JobStore:
         max_tenant_queued: int = 0,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
-        now = time.time()
+        now = self.clock()
         record = job_record(model, request, now, deadline, tenant)
         pairs = flatten(record)
         done = self._create(
@@ -147,23 +151,31 @@ class JobStore:
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> str | None:
         """Move a queued job to running under a lease: 'claimed', 'expired' (past its deadline),
         else the status that forbids it (None if unknown)."""
-        now = time.time()
+        return self.claim_attempt(job_id, worker, device, lease_s)[0]
+
+    def claim_attempt(
+        self, job_id: str, worker: str, device: str, lease_s: float = 30.0
+    ) -> tuple[str | None, int]:
+        """Claim a queued job as claim() does; also return the attempt it made (its fencing token)."""
         expired = json.dumps(
             {
                 "code": ErrorCode.EXPIRED.value,
                 "message": "the job's deadline passed before a worker could start it",
             }
         )
-        return self._claim(
+        outcome, attempt = self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(now), worker, device, repr(now + lease_s), expired],
+            args=[job_id, worker, device, lease_s, expired],
         )
+        return outcome or None, int(attempt)
 
-    def renew(self, job_ids: list[str], lease_s: float) -> None:
-        """Extend the leases of the running jobs this worker holds (one round trip)."""
-        if job_ids:
-            until = time.time() + lease_s
-            self.r.zadd(keys.RUNNING, dict.fromkeys(job_ids, until), xx=True)
+    def renew(self, attempts: dict[str, int], lease_s: float) -> set[str]:
+        """Extend by lease_s (Redis's clock) the leases of the jobs held at these attempts, in one
+        round trip; return the ids no longer held (ended, or requeued and claimed again)."""
+        if not attempts:
+            return set()
+        args = [x for job_id, n in attempts.items() for x in (job_id, n)]
+        return set(self._renew(keys=[keys.RUNNING], args=[lease_s, *args]))
 
     def requeue(self, job_id: str, max_attempts: int) -> str | None:
         """Put back a running job whose lease lapsed: 'requeued', or its terminal status."""
@@ -175,25 +187,41 @@ class JobStore:
         )
         return self._requeue(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(time.time()), max_attempts, lost],
+            args=[job_id, max_attempts, lost],
         )
 
-    def finish(self, job_id: str, status: Status, holder: str = "", **fields: Any) -> bool:
-        """Write a terminal state once; False if the job had ended or holder no longer holds it."""
+    def finish(
+        self,
+        job_id: str,
+        status: Status,
+        holder: str = "",
+        attempt: int | None = None,
+        metrics: list[list] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Write a terminal state once, with the job's metrics (shared/metrics.py job_ops); False if
+        the job had ended, or holder no longer holds it at this attempt (its fencing token)."""
         assert status.is_terminal
-        values = {"status": status.value, "finished_at": repr(time.time())}
+        values = {"status": status.value, "finished_at": repr(self.clock())}
         for name, value in fields.items():
             if value is not None:
                 values[name] = value if isinstance(value, str) else json.dumps(value)
         done = self._finish(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, json.dumps(values), holder, *_TERMINAL],
+            args=[
+                job_id,
+                json.dumps(values),
+                holder,
+                "" if attempt is None else attempt,
+                json.dumps(metrics or []),
+                *_TERMINAL,
+            ],
         )
         return done == "ok"
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job, or ask a running one's worker to stop; return the status seen."""
-        return self._cancel(keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(time.time())])
+        return self._cancel(keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(self.clock())])
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Return which of these running jobs a client asked to cancel (one round trip)."""
@@ -205,13 +233,12 @@ class JobStore:
         return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
     # --- events -------------------------------------------------------------
-    def publish_tokens(self, deltas: dict[str, str]) -> None:
-        """Append new text of several jobs to their event streams in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for job_id, text in deltas.items():
-            pipe.xadd(keys.events(job_id), {"type": EVENT_TOKEN, "data": text})
-            pipe.expire(keys.events(job_id), self.ttl_s)
-        pipe.execute()
+    def publish_tokens(self, deltas: dict[str, str], attempts: dict[str, int]) -> set[str]:
+        """Append new text of several jobs to their event streams in one fenced step; return the
+        ids whose attempt no longer holds its job (their text was dropped)."""
+        names = [k for job_id in deltas for k in (keys.job(job_id), keys.events(job_id))]
+        args = [x for job_id, text in deltas.items() for x in (job_id, attempts.get(job_id, 0), text)]
+        return set(self._publish(keys=names, args=[self.ttl_s, *args]))
 
     def events(self, job_id: str, after: str = "0-0", timeout_s: float = 0) -> Iterator[dict]:
         """Yield a job's events after the given id, blocking up to timeout_s for each new batch."""

@@ -113,13 +113,53 @@ def record_job(
     # The final-status count is kept by the job store's Lua transitions (shared/scripts.py), which
     # also see jobs no worker finished: cancelled while queued, expired, worker_lost.
     pipe.sadd(MODELS, model)
+    _observe(pipe, model, queue_wait_s, latency_s, ttft_s, tokens_per_s, completion_tokens)
+    pipe.execute()
+
+
+class _Ops:
+    """Collects hash increments as [op, key, field, amount] for the job store's finish step."""
+
+    def __init__(self) -> None:
+        self.ops: list[list] = []
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self.ops.append(["HINCRBY", key, field, amount])
+
+    def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
+        self.ops.append(["HINCRBYFLOAT", key, field, repr(float(amount))])
+
+
+def job_ops(
+    model: str,
+    queue_wait_s: float | None = None,
+    latency_s: float | None = None,
+    ttft_s: float | None = None,
+    tokens_per_s: float | None = None,
+    completion_tokens: int = 0,
+) -> list[list]:
+    """Return record_job's increments as data, for JobStore.finish to add in the fenced step that
+    stores the result (the finish step counts the model in MODELS)."""
+    ops = _Ops()
+    _observe(ops, model, queue_wait_s, latency_s, ttft_s, tokens_per_s, completion_tokens)
+    return ops.ops
+
+
+def _observe(
+    pipe: redis.client.Pipeline | _Ops,
+    model: str,
+    queue_wait_s: float | None,
+    latency_s: float | None,
+    ttft_s: float | None,
+    tokens_per_s: float | None,
+    completion_tokens: int,
+) -> None:
     if completion_tokens:
         pipe.hincrby(TOKENS, model, completion_tokens)
     observed = (latency_s, queue_wait_s, ttft_s, tokens_per_s)
     for hist, value in zip(HISTOGRAMS, observed, strict=True):
         if value is not None:
             hist.observe(pipe, model, value)
-    pipe.execute()
 
 
 class GenqCollector(Collector):

@@ -61,6 +61,26 @@ redis.call('EXPIRE', jobs, ttl)
 return {'ok'}
 """
 
+# Leases and deadlines are timed by Redis's clock, not a worker's: a worker host whose clock is
+# off by minutes neither loses its leases early nor keeps them too long. (Redis 7 replicates a
+# script's effects, so TIME may precede writes.)
+_CLOCK = """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# Fencing: a worker's claim on a job is the attempt number its claim made; a write carrying an
+# older attempt (a worker that was paused or cut off while the job was requeued and run
+# elsewhere), or made after the job ended, is dropped.
+_FENCE = """
+local function holds(job, attempt)
+  local st, n = unpack(redis.call('HMGET', job, 'status', 'attempts'))
+  return st == 'running' and n == attempt
+end
+"""
+
 # Leaving the queued state: drop the job from its model's and its tenant's queued sets.
 _UNQUEUE = """
 local function unqueue(job, id)
@@ -132,50 +152,100 @@ end
 """
 
 # queued → running, only from queued: a cancelled or finished job never starts; a job past its
-# deadline fails as expired instead. KEYS: job, events, running zset.
-# ARGV: job id, now, worker, device, lease expiry, expired-error JSON.
+# deadline fails as expired instead. Returns {outcome, attempt}: the attempt is the claim's
+# fencing token, which the worker's later writes carry. KEYS: job, events, running zset.
+# ARGV: job id, worker, device, lease (seconds), expired-error JSON.
 CLAIM = (
-    _UNQUEUE
+    _CLOCK
+    + _UNQUEUE
     + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'queued' then return st or false end
+if st ~= 'queued' then return {st or false, 0} end
+local now = clock()
 unqueue(KEYS[1], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if deadline and tonumber(ARGV[2]) > tonumber(deadline) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[6])
-  ended(KEYS[1], KEYS[2], ARGV[1], 'failed', ARGV[2])
-  return 'expired'
+if deadline and now > tonumber(deadline) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', now, 'error', ARGV[5])
+  ended(KEYS[1], KEYS[2], ARGV[1], 'failed', now)
+  return {'expired', 0}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'device', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', now, 'worker', ARGV[2], 'device', ARGV[3])
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
 redis.call('EXPIRE', KEYS[2], ttl)
-notify(KEYS[1], ARGV[1], 'started', ARGV[2])
-batch_started(KEYS[1], ARGV[2])
-return 'claimed'
+notify(KEYS[1], ARGV[1], 'started', now)
+batch_started(KEYS[1], now)
+return {'claimed', attempt}
+"""
+)
+
+# A worker's leases, extended by one lease from Redis's now; returns the ids it no longer holds
+# (ended, or requeued and claimed again). KEYS: running zset. ARGV: lease (seconds), then
+# job id, attempt pairs.
+RENEW = (
+    _CLOCK
+    + _FENCE
+    + """
+local expiry = clock() + tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV, 2 do
+  if holds('genq:job:' .. ARGV[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], expiry, ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+)
+
+# One engine step's new text, for every row at once (one round trip): each row's tokens are
+# appended only while its worker still holds the job; returns the ids it no longer holds.
+# KEYS: job, events pairs. ARGV: events TTL (seconds), then job id, attempt, text triples.
+PUBLISH = (
+    _FENCE
+    + """
+local lost = {}
+for k = 1, #KEYS, 2 do
+  local a = 2 + (k - 1) / 2 * 3
+  if holds(KEYS[k], ARGV[a + 1]) then
+    redis.call('XADD', KEYS[k + 1], '*', 'type', 'token', 'data', ARGV[a + 2])
+    redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+  else
+    table.insert(lost, ARGV[a])
+  end
+end
+return lost
 """
 )
 
 # Any non-terminal state → a terminal one, written once, then the done event. A worker may
-# finish only a job it still holds (not one requeued after its lease lapsed and run elsewhere).
-# KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any), terminal statuses...
+# finish only the attempt it holds (not a job requeued after its lease lapsed and run elsewhere);
+# the job's metrics (hash increments) are added in the same step, so a fenced-out result counts
+# nothing. KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any),
+# attempt ('' = any), metrics JSON ([op, key, field, amount] list), terminal statuses...
 FINISH = (
     _UNQUEUE
     + _NOTIFY
+    + _FENCE
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
-for i = 4, #ARGV do if st == ARGV[i] then return st end end
+for i = 6, #ARGV do if st == ARGV[i] then return st end end
 if ARGV[3] ~= '' and (st ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3]) then
   return 'not_holder'
 end
+if ARGV[4] ~= '' and not holds(KEYS[1], ARGV[4]) then return 'not_holder' end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 unqueue(KEYS[1], ARGV[1])
+for _, op in ipairs(cjson.decode(ARGV[5])) do
+  if op[1] == 'HINCRBY' or op[1] == 'HINCRBYFLOAT' then redis.call(op[1], op[2], op[3], op[4]) end
+end
 ended(KEYS[1], KEYS[2], ARGV[1], fields['status'], fields['finished_at'])
 return 'ok'
 """
@@ -202,32 +272,34 @@ return st
 
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
-# ARGV: job id, now, max attempts, worker_lost-error JSON.
+# ARGV: job id, max attempts, worker_lost-error JSON.
 REQUEUE = (
-    _NOTIFY
+    _CLOCK
+    + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
+local now = clock()
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if lease and tonumber(lease) > tonumber(ARGV[2]) then return 'alive' end
+if lease and tonumber(lease) > now then return 'alive' end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local final = nil
 if redis.call('HGET', KEYS[1], 'cancel') then
   final = 'cancelled'
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
-elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now)
+elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[2]) then
   final = 'failed'
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', now, 'error', ARGV[3])
 end
 if final then
-  ended(KEYS[1], KEYS[2], ARGV[1], final, ARGV[2])
+  ended(KEYS[1], KEYS[2], ARGV[1], final, now)
   return final
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
 local m, t = unpack(redis.call('HMGET', KEYS[1], 'model', 'tenant'))
-redis.call('ZADD', 'genq:queued:' .. m, ARGV[2], ARGV[1])
-redis.call('ZADD', 'genq:tqueued:' .. (t or 'default'), ARGV[2], ARGV[1])
+redis.call('ZADD', 'genq:queued:' .. m, now, ARGV[1])
+redis.call('ZADD', 'genq:tqueued:' .. (t or 'default'), now, ARGV[1])
 -- Streams restart: clients drop the text of the lost attempt on a reset event.
 redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
 redis.call('EXPIRE', KEYS[2], ttl)

@@ -192,7 +192,7 @@ def test_a_long_poll_wakes_when_the_job_ends_not_at_each_token(store: JobStore) 
     poll = threading.Thread(target=lambda: seen.append(store.wait(job_id, 30)))
     poll.start()
     for i in range(200):
-        store.publish_tokens({job_id: f"t{i} "})
+        store.publish_tokens({job_id: f"t{i} "}, {job_id: 1})
     time.sleep(0.3)
     assert not seen  # tokens do not end it
     assert store.finish(job_id, Status.SUCCEEDED, holder="w")

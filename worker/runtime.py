@@ -18,11 +18,11 @@ import redis
 from celery import Celery
 
 from shared.jobstore import JobStore
-from shared.metrics import record_job
+from shared.metrics import job_ops
 from shared.redisconn import connect
 from shared.schemas import ErrorCode, FinishReason, JobCreate, Status
 from shared.settings import CRASH_MARKER, ModelSpec, Settings
-from worker.engine import Engine, GenerationError, Hooks, Request
+from worker.engine import Engine, GenerationError, Hooks, Request, RowLost
 from worker.reconciler import Reconciler
 from worker.sampling import RowParams
 from worker.webhooks import SENDERS as WEBHOOK_SENDERS
@@ -37,15 +37,17 @@ GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetiti
 class StoreHooks(Hooks):
     """Engine hooks backed by the job store; a Redis blip costs a stream event, never the batch."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, attempts: dict[str, int]) -> None:
         self.store = store
+        self.attempts = attempts  # job id → the attempt this worker holds it at (its fencing token)
 
-    def on_text(self, deltas: dict[str, str]) -> None:
-        """Append new text to each job's event stream."""
+    def on_text(self, deltas: dict[str, str]) -> set[str] | None:
+        """Append new text to each job's event stream, fenced; return the jobs no longer ours."""
         try:
-            self.store.publish_tokens(deltas)
+            return self.store.publish_tokens(deltas, dict(self.attempts))
         except redis.RedisError as exc:
             log.warning("could not publish tokens: %s", exc)
+            return None
 
     def cancelled(self, ids: list[str]) -> set[str]:
         """Return the running jobs whose cancellation a client asked for."""
@@ -63,13 +65,17 @@ class Runtime:
         self.settings = settings
         self.spec = spec
         self.device = device
+        skew_s = settings.test_clock_skew_s
         self.store = JobStore(
-            connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl
+            connect(settings.redis_url, settings.redis_sentinel_master),
+            settings.result_ttl,
+            clock=(lambda: time.time() + skew_s) if skew_s else time.time,
         )
         self.host = socket.gethostname()
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
-        self.inflight: set[str] = set()  # jobs this worker has claimed and not yet finished
+        self.inflight: dict[str, int] = {}  # jobs claimed and not yet finished → attempt held
+        self.confirmed: dict[str, float] = {}  # job → monotonic time its lease was last known good
         self._stop = threading.Event()  # stops the engine
         self._leaving = threading.Event()  # stops the heartbeat
         self._threads: list[threading.Thread] = []
@@ -96,7 +102,7 @@ class Runtime:
             # in and warms the kernels, so the first real job does not pay for them. No hooks yet:
             # the warm-up is no job, and nothing of it goes to Redis.
             engine.generate([Request("warm-up", engine.encode(prompt="Hello"), 2, GREEDY, 0)])
-            engine.hooks = StoreHooks(self.store)
+            engine.hooks = StoreHooks(self.store, self.inflight)
             self.engine = engine
             log.info("model %s loaded on %s in %.1f s", self.spec.name, self.device, time.perf_counter() - t0)
         except BaseException as exc:  # handed to load(), which raises it on its own thread
@@ -150,29 +156,66 @@ class Runtime:
         # Leases renew until the engine stops: a draining worker still holds its jobs.
         while not self._stop.wait(self.settings.heartbeat_interval):
             try:
-                self.store.renew(list(self.inflight), self.settings.lease_seconds)
+                self._renew()
                 if not self._leaving.is_set():
                     self._beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            finally:
+                self._drop_unconfirmed()
+
+    def _renew(self) -> None:
+        """Renew the leases of the jobs in hand; drop those another attempt took or that ended."""
+        held = dict(self.inflight)
+        asked = time.monotonic()  # the lease runs from Redis's now, which is later than this
+        lost = self.store.renew(held, self.settings.lease_seconds)
+        for job_id in held.keys() - lost:
+            if job_id in self.confirmed:
+                self.confirmed[job_id] = asked
+        if lost and self.engine is not None:
+            log.warning("leases lost (the jobs moved on): %s", sorted(lost))
+            self.engine.forget(lost)
+
+    def _drop_unconfirmed(self) -> None:
+        """Treat as lost the jobs whose lease could not be renewed for a whole lease period (Redis
+        unreachable, or this process paused): they may already run elsewhere."""
+        limit = time.monotonic() - self.settings.lease_seconds
+        stale = {job_id for job_id, at in list(self.confirmed.items()) if at < limit}
+        if stale and self.engine is not None:
+            log.warning(
+                "no lease renewal for %.1f s: dropping jobs %s", self.settings.lease_seconds, sorted(stale)
+            )
+            for job_id in stale:
+                self.confirmed.pop(job_id, None)
+            self.engine.forget(stale)
 
     # --- one job ------------------------------------------------------------
     def run_job(self, job_id: str) -> None:
         """Claim a queued job under a lease, generate, and store its one terminal result."""
-        claimed = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
+        asked = time.monotonic()
+        claimed, attempt = self.store.claim_attempt(
+            job_id, self.worker_id, self.device, self.settings.lease_seconds
+        )
         if claimed != "claimed":
             reason = claimed or "unknown or expired record"
             log.info(
                 "job %s not run: %s", job_id, reason, extra=self._fields("job not run", job_id, reason=reason)
             )
             return
-        self.inflight.add(job_id)  # the heartbeat renews its lease from now on
+        self.inflight[job_id] = attempt  # the heartbeat renews its lease from now on
+        self.confirmed[job_id] = asked
         try:
             rec = self.store.raw(job_id)
-            attempt = int(rec.get("attempts") or 1)  # the claim counted this one
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
                 self._generate(job_id, rec)
+            except RowLost:
+                # Fenced: nothing of this attempt is stored; the attempt that holds the job does that.
+                log.warning(
+                    "job %s dropped: no longer ours",
+                    job_id,
+                    extra=self._fields("job dropped", job_id, attempt=attempt),
+                )
             except GenerationError as exc:
                 error = {"code": exc.code.value, "message": str(exc)}
                 log.warning(
@@ -190,7 +233,8 @@ class Runtime:
                 error = {"code": code, "message": f"{type(exc).__name__}: {exc}"}
                 self._finish(job_id, Status.FAILED, error=error)
         finally:
-            self.inflight.discard(job_id)
+            self.inflight.pop(job_id, None)
+            self.confirmed.pop(job_id, None)
 
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
         """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile);
@@ -198,7 +242,9 @@ class Runtime:
         deadline = time.monotonic() + FINISH_RETRY_S
         while True:
             try:
-                stored = self.store.finish(job_id, status, holder=self.worker_id, **fields)
+                stored = self.store.finish(
+                    job_id, status, holder=self.worker_id, attempt=self.inflight.get(job_id, -1), **fields
+                )
                 if not stored:
                     log.warning("job %s: result not stored, the job ended or moved on", job_id)
                 return stored
@@ -211,13 +257,6 @@ class Runtime:
     def _fields(self, event: str, job_id: str, **more: Any) -> dict[str, Any]:
         """Return the extra fields of a job event's log line (JSON logs show them as keys)."""
         return {"event": event, "job_id": job_id, "model": self.spec.name, "worker": self.worker_id, **more}
-
-    def _record(self, **figures: Any) -> None:
-        """Add the timings of a job that ran here to the metrics; a Redis error costs the figures only."""
-        try:
-            record_job(self.store.r, self.spec.name, **figures)
-        except redis.RedisError as exc:
-            log.warning("could not record metrics: %s", exc)
 
     def _generate(self, job_id: str, rec: dict[str, str]) -> None:
         assert self.engine is not None
@@ -278,23 +317,24 @@ class Runtime:
             "time_to_first_token": round(ttft_s * 1000, 2) if ttft_s is not None else None,
             "tokens_per_second": round(tokens_per_s, 2) if tokens_per_s is not None else None,
         }
+        metrics = job_ops(
+            self.spec.name,
+            queue_wait_s=started - created_at,
+            latency_s=finished - created_at,
+            ttft_s=ttft_s,
+            tokens_per_s=tokens_per_s if result.completion_tokens else None,
+            completion_tokens=result.completion_tokens,
+        )
         stored = self._finish(
             job_id,
             status,
+            metrics=metrics,  # added in the fenced step that stores the result
             error=error,
             output={"text": result.text, "finish_reason": result.finish_reason.value},
             usage={"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
             timings=timings,
             seed=str(seed) if job.sampling else None,
         )
-        if stored:
-            self._record(
-                queue_wait_s=started - created_at,
-                latency_s=finished - created_at,
-                ttft_s=ttft_s,
-                tokens_per_s=tokens_per_s if result.completion_tokens else None,
-                completion_tokens=result.completion_tokens,
-            )
         # Ids, counts and timings only: prompts and outputs stay out of logs unless GENQ_LOG_TEXT=1.
         log.info(
             "job %s %s: %d prompt + %d completion tokens, %s, %.0f ms",
