@@ -233,11 +233,22 @@ class JobStore:
         return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
     # --- events -------------------------------------------------------------
-    def publish_tokens(self, deltas: dict[str, str], attempts: dict[str, int]) -> set[str]:
+    def publish_tokens(
+        self, deltas: dict[str, str], attempts: dict[str, int], offsets: dict[str, int] | None = None
+    ) -> set[str]:
         """Append new text of several jobs to their event streams in one fenced step; return the
-        ids whose attempt no longer holds its job (their text was dropped)."""
+        ids whose attempt no longer holds its job (their text was dropped).
+
+        offsets: the byte of each attempt's text where its delta starts (UTF-8; default: at the
+        end of what is there), so that a retry after a lost reply appends nothing twice.
+        """
+        offsets = offsets or {}
         names = [k for job_id in deltas for k in (keys.job(job_id), keys.events(job_id))]
-        args = [x for job_id, text in deltas.items() for x in (job_id, attempts.get(job_id, 0), text)]
+        args = [
+            x
+            for job_id, text in deltas.items()
+            for x in (job_id, attempts.get(job_id, 0), offsets.get(job_id, ""), text)
+        ]
         return set(self._publish(keys=names, args=[self.ttl_s, *args]))
 
     def events(self, job_id: str, after: str = "0-0", timeout_s: float = 0) -> Iterator[dict]:

@@ -171,7 +171,8 @@ if deadline and now > tonumber(deadline) then
   ended(KEYS[1], KEYS[2], ARGV[1], 'failed', now)
   return {'expired', 0}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', now, 'worker', ARGV[2], 'device', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', now, 'worker', ARGV[2], 'device', ARGV[3],
+  'streamed', 0)
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
@@ -202,25 +203,33 @@ return lost
 """
 )
 
-# One engine step's new text, for every row at once (one round trip): each row's tokens are
-# appended only while its worker still holds the job; returns the ids it no longer holds.
-# KEYS: job, events pairs. ARGV: events TTL (seconds), then job id, attempt, text triples.
-PUBLISH = (
-    _FENCE
-    + """
+# One engine step's new text, for every row at once (one round trip): each row's text is
+# appended only while its worker still holds the job; returns the ids it no longer holds. Each
+# row says at which byte of the attempt's text it starts, so a retry after a lost reply appends
+# only what is not on the stream yet ('streamed' counts the bytes, reset by each claim).
+# KEYS: job, events pairs. ARGV: events TTL (seconds), then job id, attempt, offset ('' = at the
+# end), text.
+PUBLISH = """
 local lost = {}
 for k = 1, #KEYS, 2 do
-  local a = 2 + (k - 1) / 2 * 3
-  if holds(KEYS[k], ARGV[a + 1]) then
-    redis.call('XADD', KEYS[k + 1], '*', 'type', 'token', 'data', ARGV[a + 2])
-    redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+  local a = 2 + (k - 1) / 2 * 4
+  local st, n, have = unpack(redis.call('HMGET', KEYS[k], 'status', 'attempts', 'streamed'))
+  if st == 'running' and n == ARGV[a + 1] then
+    local text = ARGV[a + 3]
+    have = tonumber(have or '0')
+    local offset = tonumber(ARGV[a + 2]) or have  -- '': right after what is there
+    if offset + #text > have then
+      if have > offset then text = string.sub(text, have - offset + 1) end
+      redis.call('XADD', KEYS[k + 1], '*', 'type', 'token', 'data', text)
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+      redis.call('HSET', KEYS[k], 'streamed', offset + #ARGV[a + 3])
+    end
   else
     table.insert(lost, ARGV[a])
   end
 end
 return lost
 """
-)
 
 # Any non-terminal state → a terminal one, written once, then the done event. A worker may
 # finish only the attempt it holds (not a job requeued after its lease lapsed and run elsewhere);

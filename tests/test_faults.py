@@ -161,6 +161,32 @@ def test_kill9_redis_with_jobs_queued_and_running(
     assert all(j["status"] == "succeeded" for j in done), [j["error"] for j in done if j["error"]]
 
 
+@pytest.mark.slow
+def test_kill9_redis_mid_stream_loses_no_text(
+    start_worker, client: Client, store: JobStore, redis_server_own: RedisServer
+) -> None:
+    # Found by the nemesis soak (make chaos): tokens made while Redis was down used to be dropped,
+    # so the stream no longer added up to the job's text.
+    store.r.config_set("appendfsync", "always")  # every acknowledged token survives the kill
+    start_worker()
+    ids = submit_all(client, 4, max_new_tokens=600, ignore_eos=True, temperature=0)
+    wait_until(lambda: store.r.zcard(keys.RUNNING) > 0, 30, "jobs to be running")
+    time.sleep(0.5)
+    redis_server_own.proc.send_signal(signal.SIGKILL)
+    redis_server_own.proc.wait(10)
+    time.sleep(2)
+    redis_server_own.start()  # same port, same AOF directory
+    done = check_exactly_once(client, store, ids)
+    assert all(j["status"] == "succeeded" for j in done), [j["error"] for j in done if j["error"]]
+    for job in done:
+        text = ""
+        for _, event in store.r.xrange(keys.events(job["id"])):
+            text = (
+                "" if event["type"] == "reset" else text + event.get("data", "") * (event["type"] == "token")
+            )
+        assert text == job["output"]["text"], job["id"]
+
+
 def test_redis_down_503_then_recovers_without_restarts(
     start_worker, client: Client, store: JobStore, redis_server_own: RedisServer
 ) -> None:

@@ -91,6 +91,18 @@ def test_writes_of_an_attempt_that_lost_the_job_are_dropped(store: JobStore) -> 
     assert events[-1] == "done" and events.count("done") == 1
 
 
+def test_a_publish_retried_after_a_lost_reply_appends_nothing_twice(store: JobStore) -> None:
+    job_id = new_job_id()
+    store.create(job_id, "tiny", JobCreate(prompt="x"))
+    assert store.claim(job_id, "w", "cpu") == "claimed"
+    assert store.publish_tokens({job_id: "héllo "}, {job_id: 1}, {job_id: 0}) == set()
+    # Its reply was lost (Redis died after fsyncing it): the worker sends it again, with what came since.
+    assert store.publish_tokens({job_id: "héllo world"}, {job_id: 1}, {job_id: 0}) == set()
+    assert store.publish_tokens({job_id: "!"}, {job_id: 1}, {job_id: len("héllo world".encode())}) == set()
+    tokens = [e["data"] for _, e in store.r.xrange(keys.events(job_id)) if e["type"] == "token"]
+    assert tokens == ["héllo ", "world", "!"]
+
+
 def test_leases_are_timed_by_redis_clock_not_the_workers(store: JobStore) -> None:
     skewed = JobStore(store.r, store.ttl_s, clock=lambda: time.time() - SKEW_S)
     job_id = new_job_id()

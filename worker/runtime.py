@@ -35,27 +35,48 @@ GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetiti
 
 
 class StoreHooks(Hooks):
-    """Engine hooks backed by the job store; a Redis blip costs a stream event, never the batch."""
+    """Engine hooks backed by the job store; a Redis blip delays stream events, never loses them."""
 
     def __init__(self, store: JobStore, attempts: dict[str, int]) -> None:
         self.store = store
         self.attempts = attempts  # job id → the attempt this worker holds it at (its fencing token)
+        self.pending: dict[str, str] = {}  # text not on its stream yet (Redis was unreachable)
+        self.sent: dict[str, int] = {}  # bytes of each attempt's text already on its stream
+        self._lock = threading.Lock()  # the engine thread publishes, job threads flush
+        self._failing = False  # one log line per outage, not one per step
 
     def on_text(self, deltas: dict[str, str]) -> set[str] | None:
         """Append new text to each job's event stream, fenced; return the jobs no longer ours."""
+        with self._lock:
+            for job_id, text in deltas.items():
+                self.pending[job_id] = self.pending.get(job_id, "") + text
         try:
-            return self.store.publish_tokens(deltas, dict(self.attempts))
+            return self.flush()
         except redis.RedisError as exc:
-            log.warning("could not publish tokens: %s", exc)
+            if not self._failing:
+                log.warning("could not publish tokens (kept, sent when Redis answers): %s", exc)
+            self._failing = True
             return None
 
-    def cancelled(self, ids: list[str]) -> set[str]:
-        """Return the running jobs whose cancellation a client asked for."""
-        try:
-            return self.store.cancel_requested(ids)
-        except redis.RedisError as exc:
-            log.warning("could not read cancel flags: %s", exc)
-            return set()
+    def flush(self, job_ids: set[str] | None = None) -> set[str]:
+        """Publish the text kept back for these jobs (all: None); raise RedisError if Redis is away."""
+        with self._lock:
+            batch = {j: t for j, t in self.pending.items() if job_ids is None or j in job_ids}
+            if not batch:
+                return set()
+            offsets = {j: self.sent.get(j, 0) for j in batch}
+            lost = self.store.publish_tokens(batch, dict(self.attempts), offsets)
+            self._failing = False
+            for job_id, text in batch.items():
+                del self.pending[job_id]
+                self.sent[job_id] = offsets[job_id] + len(text.encode())
+            return lost
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is kept for a job this worker is done with."""
+        with self._lock:
+            self.pending.pop(job_id, None)
+            self.sent.pop(job_id, None)
 
 
 class Runtime:
@@ -75,6 +96,7 @@ class Runtime:
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
         self.inflight: dict[str, int] = {}  # jobs claimed and not yet finished → attempt held
+        self.hooks = StoreHooks(self.store, self.inflight)  # the engine's, once it is loaded
         self.confirmed: dict[str, float] = {}  # job → monotonic time its lease was last known good
         self._stop = threading.Event()  # stops the engine
         self._leaving = threading.Event()  # stops the heartbeat
@@ -102,7 +124,7 @@ class Runtime:
             # in and warms the kernels, so the first real job does not pay for them. No hooks yet:
             # the warm-up is no job, and nothing of it goes to Redis.
             engine.generate([Request("warm-up", engine.encode(prompt="Hello"), 2, GREEDY, 0)])
-            engine.hooks = StoreHooks(self.store, self.inflight)
+            engine.hooks = self.hooks
             self.engine = engine
             log.info("model %s loaded on %s in %.1f s", self.spec.name, self.device, time.perf_counter() - t0)
         except BaseException as exc:  # handed to load(), which raises it on its own thread
@@ -235,6 +257,7 @@ class Runtime:
         finally:
             self.inflight.pop(job_id, None)
             self.confirmed.pop(job_id, None)
+            self.hooks.forget(job_id)
 
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
         """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile);
@@ -242,6 +265,7 @@ class Runtime:
         deadline = time.monotonic() + FINISH_RETRY_S
         while True:
             try:
+                self.hooks.flush({job_id})  # the stream holds all the text before the done event
                 stored = self.store.finish(
                     job_id, status, holder=self.worker_id, attempt=self.inflight.get(job_id, -1), **fields
                 )
