@@ -19,7 +19,7 @@ from pathlib import Path
 from chaos import checker
 from chaos.cluster import WEBHOOK_SECRET, Cluster
 from chaos.load import Load
-from chaos.nemesis import Nemesis
+from chaos.nemesis import KINDS, Nemesis
 from chaos.receiver import Receiver
 from shared.settings import ModelSpec, default_catalog
 
@@ -50,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=6, help="client threads")
     parser.add_argument("--model", choices=["tiny", "smollm2"], default=os.environ.get("CHAOS_MODEL", "tiny"))
+    parser.add_argument(
+        "--nemesis", default=",".join(KINDS), help=f"actions to pick from (default: all of {KINDS})"
+    )
     parser.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
     args = parser.parse_args(argv)
+    kinds = tuple(args.nemesis.split(","))
+    if not set(kinds) <= set(KINDS):
+        parser.error(f"--nemesis: unknown actions {sorted(set(kinds) - set(KINDS))}")
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="genq-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"chaos: seed={args.seed} seconds={args.seconds:g} logs in {workdir}", flush=True)
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start()
         load = Load(cluster.api_urls, args.seed, receiver.url, spec.name, threads=args.clients)
-        nemesis = Nemesis(cluster, args.seed, workdir / "nemesis.log")
+        nemesis = Nemesis(cluster, args.seed, workdir / "nemesis.log", kinds)
         stop_load, stop_nemesis = threading.Event(), threading.Event()
         clients = threading.Thread(target=load.run, args=(stop_load,), name="chaos-load")
         chaos = threading.Thread(target=nemesis.run, args=(stop_nemesis,), name="chaos-nemesis")

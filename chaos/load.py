@@ -94,7 +94,9 @@ class Load:
             try:
                 return call(client)
             except GenqError as exc:
-                if exc.status not in (502, 503, 504):
+                # 409 "still being processed": the first request with this key has not finished.
+                busy = exc.status == 409 and "still being processed" in str(exc)
+                if exc.status not in (502, 503, 504) and not busy:
                     raise
                 last = f"{exc.status} {exc.code}"
             except (OSError, HTTPException, urllib.error.URLError, json.JSONDecodeError) as exc:

@@ -23,8 +23,9 @@ KINDS = ("kill9_worker", "pause_worker", "kill9_api", "kill9_redis", "restart_wo
 class Nemesis:
     """Picks among KINDS with a seeded random generator until stopped."""
 
-    def __init__(self, cluster: Cluster, seed: int, log: Path) -> None:
+    def __init__(self, cluster: Cluster, seed: int, log: Path, kinds: tuple[str, ...] = KINDS) -> None:
         self.cluster = cluster
+        self.kinds = kinds
         self.rng = random.Random(seed)
         self.log_path = log
         self.actions: Counter = Counter()
@@ -33,7 +34,7 @@ class Nemesis:
     def run(self, stop: threading.Event) -> None:
         """Act at random intervals until stop is set; the stack is whole again between actions."""
         while not stop.wait(self.rng.uniform(*GAP_S)):
-            kind = self.rng.choice(KINDS)
+            kind = self.rng.choice(self.kinds)
             getattr(self, kind)()
             self.actions[kind] += 1
 
