@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = _model(args.model, workdir)
     cluster = Cluster(workdir, spec, workers=args.workers)
     receiver = Receiver(WEBHOOK_SECRET)
+    load = Load(cluster.api_urls, args.seed, receiver.url, spec.name, threads=args.clients)
+    nemesis = Nemesis(cluster, args.seed, workdir / "nemesis.log", kinds)
+    stop_load, stop_nemesis = threading.Event(), threading.Event()
     try:
         cluster.start()
-        load = Load(cluster.api_urls, args.seed, receiver.url, spec.name, threads=args.clients)
-        nemesis = Nemesis(cluster, args.seed, workdir / "nemesis.log", kinds)
-        stop_load, stop_nemesis = threading.Event(), threading.Event()
         clients = threading.Thread(target=load.run, args=(stop_load,), name="chaos-load")
         chaos = threading.Thread(target=nemesis.run, args=(stop_nemesis,), name="chaos-nemesis")
         clients.start()
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         checker.settle(cluster.r, load.history)
         report = checker.check(cluster.r, load.history, receiver, spec.name)
     finally:
+        stop_nemesis.set()
+        stop_load.set()  # on an interrupt too: the client threads end with their operation in hand
         cluster.stop()
         receiver.close()
     (workdir / "report.json").write_text(

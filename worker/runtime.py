@@ -72,6 +72,14 @@ class StoreHooks(Hooks):
                 self.sent[job_id] = offsets[job_id] + len(text.encode())
             return lost
 
+    def cancelled(self, ids: list[str]) -> set[str]:
+        """Return the running jobs whose cancellation a client asked for."""
+        try:
+            return self.store.cancel_requested(ids)
+        except redis.RedisError as exc:
+            log.warning("could not read cancel flags: %s", exc)
+            return set()
+
     def forget(self, job_id: str) -> None:
         """Drop what is kept for a job this worker is done with."""
         with self._lock:
