@@ -167,9 +167,10 @@ class Cluster:
         for url in self.api_urls:
             _wait(lambda url=url: _healthy(url), timeout_s, f"the API at {url}")
         pids = {w.pid for w in self.workers}
-        _wait(lambda: pids <= self._registered(), timeout_s, "every worker to register")
+        _wait(lambda: pids <= self.registered(), timeout_s, "every worker to register")
 
-    def _registered(self) -> set[int]:
+    def registered(self) -> set[int]:
+        """Return the pids of the workers registered as ready (empty while Redis is away)."""
         try:
             ids = self.r.smembers("genq:workers")
             return {int(w.rsplit(":", 1)[1]) for w in ids if self.r.exists(f"genq:worker:{w}")}

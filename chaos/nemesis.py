@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from chaos.cluster import Cluster
+from chaos.cluster import Child, Cluster
 
 PAUSE_LEASES = (1.5, 3.0)  # a paused worker stays stopped this many leases (past its lease)
 REDIS_DOWN_S = (0.5, 3.0)  # seconds Redis stays dead before it restarts from its AOF
@@ -33,6 +33,7 @@ class Nemesis:
 
     def run(self, stop: threading.Event) -> None:
         """Act at random intervals until stop is set; the stack is whole again between actions."""
+        self.t0 = time.monotonic()  # action times count from the start of the load
         while not stop.wait(self.rng.uniform(*GAP_S)):
             kind = self.rng.choice(self.kinds)
             getattr(self, kind)()
@@ -45,9 +46,14 @@ class Nemesis:
         with self.log_path.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
+    def _worker(self) -> Child:
+        """Pick a worker, among the ready ones if any (one still loading has no jobs to lose)."""
+        ready = self.cluster.registered()
+        return self.rng.choice([w for w in self.cluster.workers if w.pid in ready] or self.cluster.workers)
+
     def kill9_worker(self) -> None:
         """SIGKILL a worker mid-generation, then start a new one in its place."""
-        worker = self.rng.choice(self.cluster.workers)
+        worker = self._worker()
         self.note("kill9_worker", worker.name, pid=worker.pid)
         worker.kill()
         worker.start()
@@ -55,7 +61,7 @@ class Nemesis:
 
     def pause_worker(self) -> None:
         """SIGSTOP a worker past its lease (its jobs run elsewhere), then SIGCONT it."""
-        worker = self.rng.choice(self.cluster.workers)
+        worker = self._worker()
         pause_s = self.rng.uniform(*PAUSE_LEASES) * self.cluster.settings.lease_seconds
         self.note("pause_worker", worker.name, pid=worker.pid, seconds=round(pause_s, 2))
         worker.signal(signal.SIGSTOP)
@@ -84,7 +90,7 @@ class Nemesis:
 
     def restart_worker(self) -> None:
         """SIGTERM a worker (it finishes the jobs in hand), then start a new one."""
-        worker = self.rng.choice(self.cluster.workers)
+        worker = self._worker()
         self.note("restart_worker", worker.name, pid=worker.pid)
         status = worker.stop(timeout_s=120)
         worker.start()
