@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,8 @@ import redis
 
 from shared import keys, scripts
 from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status, WebhookEvent
+
+log = logging.getLogger(__name__)
 
 EVENT_TOKEN = "token"  # new text produced
 EVENT_STATUS = "status"  # the job changed state
@@ -217,7 +220,9 @@ class JobStore:
                 *_TERMINAL,
             ],
         )
-        return done == "ok"
+        if done == "ok_without_metrics":
+            log.warning("job %s: result stored, but could not record metrics (an increment failed)", job_id)
+        return done in ("ok", "ok_without_metrics")
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job, or ask a running one's worker to stop; return the status seen."""

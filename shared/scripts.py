@@ -234,7 +234,8 @@ return lost
 # Any non-terminal state → a terminal one, written once, then the done event. A worker may
 # finish only the attempt it holds (not a job requeued after its lease lapsed and run elsewhere);
 # the job's metrics (hash increments) are added in the same step, so a fenced-out result counts
-# nothing. KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any),
+# nothing. Returns 'ok' ('ok_without_metrics' when an increment failed), else why not.
+# KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any),
 # attempt ('' = any), metrics JSON ([op, key, field, amount] list), terminal statuses...
 FINISH = (
     _UNQUEUE
@@ -252,10 +253,16 @@ local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 unqueue(KEYS[1], ARGV[1])
-for _, op in ipairs(cjson.decode(ARGV[5])) do
-  if op[1] == 'HINCRBY' or op[1] == 'HINCRBYFLOAT' then redis.call(op[1], op[2], op[3], op[4]) end
-end
 ended(KEYS[1], KEYS[2], ARGV[1], fields['status'], fields['finished_at'])
+-- Last, and with pcall: a failing increment (a key of the wrong type) costs the figures only.
+local failed = 0
+for _, op in ipairs(cjson.decode(ARGV[5])) do
+  if op[1] == 'HINCRBY' or op[1] == 'HINCRBYFLOAT' then
+    local done = redis.pcall(op[1], op[2], op[3], op[4])
+    if type(done) == 'table' and done.err then failed = failed + 1 end
+  end
+end
+if failed > 0 then return 'ok_without_metrics' end
 return 'ok'
 """
 )
