@@ -17,7 +17,6 @@ from api import idempotency, openai_batch
 from api.errors import ApiError, invalid, validation_details
 from api.routes import json_response, wait_arg
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
-from shared import keys
 from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
@@ -217,8 +216,7 @@ def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
         if store.cancel(job_id) == "cancelled":
-            store.delete(job_id)
-            store.r.zrem(keys.tenant_jobs(tenant), job_id)
+            store.delete(job_id)  # and from its tenant's job list
 
 
 @batches_bp.post("/v1/batches")

@@ -25,7 +25,6 @@ from api.openai_schemas import (
     OpenAIError,
     OpenAIErrorResponse,
 )
-from shared import keys
 from shared.jobstore import BLOCK_SLICE_MS, EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
 
@@ -205,12 +204,12 @@ class _Sent:
 
 def _events(store: JobStore, job_ids: list[str]) -> Iterator[tuple[int, dict] | None]:
     """Yield (choice index, event) from all the jobs' streams as they come; None when idle a while."""
-    streams = {keys.events(j): i for i, j in enumerate(job_ids)}
+    streams = {j: i for i, j in enumerate(job_ids)}
     last = dict.fromkeys(streams, "0-0")
     idle_since = time.monotonic()
     while last:
-        reply = store.r.xread(last, count=512, block=BLOCK_SLICE_MS)
-        for key, entries in reply or []:
+        reply = store.read_events(last, BLOCK_SLICE_MS)
+        for key, entries in reply:
             for entry_id, fields in entries:
                 last[key] = entry_id
                 yield streams[key], fields

@@ -189,7 +189,7 @@ def readyz() -> Response:
     """Ready when Redis answers and at least one worker is serving."""
     _, store = _ctx()
     try:
-        store.r.ping()
+        store.ping()
         ready = len(store.workers())
     except Exception as exc:  # any Redis failure means not ready, never a 500
         return json_response(Health(status="unavailable", reason=f"redis unreachable: {exc}"), 503)

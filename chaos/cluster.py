@@ -2,102 +2,77 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
+from genq.supervisor import Child, free_port
+from shared import keys
 from shared.settings import ModelSpec, Settings
+from tests.support import GENQ, ROOT, healthy, ping, settings_env, wait_until
 
-GENQ = [sys.executable, "-m", "shared.cli"]  # the `genq` command, from this checkout
-ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180  # a worker loading a model on a busy machine
 WEBHOOK_SECRET = "chaos-webhook-secret"  # the receiver checks signatures with it
 
 
-def free_port() -> int:
-    """Return a TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Child:
-    """One process of the stack, in its own process group so that a kill takes all of it."""
+class Part:
+    """One restartable process of the stack, in its own session so that a kill takes all of it."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log
-        self.proc: subprocess.Popen | None = None
+        self.child: Child | None = None
         self.paused = False
 
     def start(self) -> None:
         """Start (or start again) the process, appending to its log."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        if self.child is None:
+            # Not orphan_safe: the parent-death signal follows the starting thread, and the
+            # nemesis thread that restarts parts ends before the stack does.
+            self.child = Child(self.name, self.argv, self.env, self.log_path, ROOT, own_session=True)
+        else:
+            self.child.start()
 
     @property
     def pid(self) -> int:
         """Return the running process's pid (0 when never started)."""
-        return self.proc.pid if self.proc else 0
+        return self.child.pid if self.child else 0
 
     def alive(self) -> bool:
         """Return True while the process runs."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.poll() is None
 
     def signal(self, signum: int) -> None:
         """Send a signal to the whole process group (a gunicorn master and its workers alike)."""
         if self.alive():
-            os.killpg(self.proc.pid, signum)
+            os.killpg(self.pid, signum)
 
     def kill(self) -> None:
         """SIGKILL the process group and reap it."""
-        if self.proc is not None:
-            if self.paused:
-                self.resume()
+        if self.child is not None:
+            self.resume()
             self.signal(signal.SIGKILL)
-            self.proc.wait(30)
+            self.child.proc.wait(30)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""
-        self.signal(signal.SIGCONT)
-        self.paused = False
+        if self.paused:
+            self.signal(signal.SIGCONT)
+            self.paused = False
 
     def stop(self, timeout_s: float = 60) -> int | None:
         """SIGTERM, then SIGKILL after timeout_s; return the exit status."""
-        if self.proc is None:
+        if self.child is None:
             return None
-        if self.paused:
-            self.resume()
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
+        self.resume()
+        return self.child.stop(timeout_s)
 
 
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
-    """Express settings as GENQ_* environment variables for a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
-    for name, value in settings.model_dump(mode="json").items():
-        env[f"GENQ_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+    """Return a child's environment: the settings as GENQ_* variables, one OpenMP thread each."""
+    return {**settings_env(settings), "OMP_NUM_THREADS": "1", **extra}
 
 
 class Cluster:
@@ -135,17 +110,17 @@ class Cluster:
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--maxmemory-policy", "noeviction"),
         ]
-        self.redis = Child("redis", redis_argv, dict(os.environ), logs / "redis.log")
-        self.apis: list[Child] = []
+        self.redis = Part("redis", redis_argv, dict(os.environ), logs / "redis.log")
+        self.apis: list[Part] = []
         self.api_urls: list[str] = []
         for n in range(apis):
             port = free_port()
             env = env_of(self.settings, GENQ_PORT=str(port))
-            self.apis.append(Child(f"api-{n}", [*GENQ, "api"], env, logs / f"api-{n}.log"))
+            self.apis.append(Part(f"api-{n}", [*GENQ, "api"], env, logs / f"api-{n}.log"))
             self.api_urls.append(f"http://127.0.0.1:{port}")
         worker_argv = [*GENQ, "worker", "--model", spec.name, "--device", "cpu"]
         self.workers = [
-            Child(f"worker-{n}", worker_argv, env_of(self.settings), logs / f"worker-{n}.log")
+            Part(f"worker-{n}", worker_argv, env_of(self.settings), logs / f"worker-{n}.log")
             for n in range(workers)
         ]
         self.r = redis.Redis(port=self.redis_port, decode_responses=True, socket_timeout=5)
@@ -160,20 +135,20 @@ class Cluster:
     def start_redis(self) -> None:
         """Start Redis (same port, same AOF) and wait for it to answer."""
         self.redis.start()
-        _wait(lambda: _answers(self.r), 30, "redis to answer")
+        wait_until(lambda: ping(self.r), 30, "redis to answer", 0.1)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Wait until both APIs answer /healthz and every worker process has registered."""
         for url in self.api_urls:
-            _wait(lambda url=url: _healthy(url), timeout_s, f"the API at {url}")
+            wait_until(lambda url=url: healthy(url), timeout_s, f"the API at {url}", 0.2)
         pids = {w.pid for w in self.workers}
-        _wait(lambda: pids <= self.registered(), timeout_s, "every worker to register")
+        wait_until(lambda: pids <= self.registered(), timeout_s, "every worker to register", 0.2)
 
     def registered(self) -> set[int]:
         """Return the pids of the workers registered as ready (empty while Redis is away)."""
         try:
-            ids = self.r.smembers("genq:workers")
-            return {int(w.rsplit(":", 1)[1]) for w in ids if self.r.exists(f"genq:worker:{w}")}
+            ids = self.r.smembers(keys.WORKERS)
+            return {int(w.rsplit(":", 1)[1]) for w in ids if self.r.exists(keys.worker(w))}
         except redis.RedisError:
             return set()
 
@@ -193,27 +168,3 @@ class Cluster:
         for child in [*self.workers, *self.apis]:
             child.stop(timeout_s=20)
         self.redis.stop(timeout_s=10)
-
-
-def _answers(r: redis.Redis) -> bool:
-    try:
-        return bool(r.ping())
-    except redis.RedisError:
-        return False
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def _wait(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"chaos: timed out after {timeout_s} s waiting for {what}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 
-from shared.client import Client, GenqError
+from genq.client import Client, GenqError
 
 RETRY_FOR_S = 90  # how long one call is retried through outages before it counts as refused
 RETRY_GAP_S = (0.2, 1.0)  # seconds between retries

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from chaos.cluster import Child, Cluster
+from chaos.cluster import Cluster, Part
 
 PAUSE_LEASES = (1.5, 3.0)  # a paused worker stays stopped this many leases (past its lease)
 REDIS_DOWN_S = (0.5, 3.0)  # seconds Redis stays dead before it restarts from its AOF
@@ -46,7 +46,7 @@ class Nemesis:
         with self.log_path.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
-    def _worker(self) -> Child:
+    def _worker(self) -> Part:
         """Pick a worker, among the ready ones if any (one still loading has no jobs to lose)."""
         ready = self.cluster.registered()
         return self.rng.choice([w for w in self.cluster.workers if w.pid in ready] or self.cluster.workers)

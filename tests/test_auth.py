@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from api.auth import authenticate, hash_key, load_keys, new_key
-from shared.client import Client, GenqError
+from genq.client import Client, GenqError
 from shared.settings import Settings
-from tests.conftest import GENQ, ROOT, start_api, wait_until
+from tests.support import GENQ, ROOT, start_api, wait_until
 
 ACME_KEY = new_key()
 GLOBEX_KEY = new_key()

@@ -16,13 +16,13 @@ import pytest
 
 import api.batches
 from api.auth import hash_key, new_key
+from genq.client import Client
 from shared import keys
 from shared.celery_app import queue_lists
-from shared.client import Client
 from shared.jobstore import JobStore
 from shared.schemas import Status
 from shared.settings import Settings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
 UNKNOWN_BATCH = "batch_" + "0" * 32  # well-formed, never issued
@@ -401,7 +401,7 @@ def test_cli_batch_writes_results(start_worker, api_server: str, client: Client,
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "genq",
             "--url",
             api_server,
             "batch",

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from shared.settings import Settings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def _env(**extra: str) -> dict[str, str]:

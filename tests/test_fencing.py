@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from genq.client import Client
 from shared import keys, metrics
-from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 SKEW_S = 300.0  # a worker host's clock off by five minutes
 
@@ -48,15 +48,15 @@ def _lapse_and_requeue(store: JobStore, job_id: str) -> None:
 def test_writes_of_an_attempt_that_lost_the_job_are_dropped(store: JobStore) -> None:
     job_id = new_job_id()
     store.create(job_id, "tiny", JobCreate(prompt="x"))
-    assert store.claim_attempt(job_id, "w1", "cpu") == ("claimed", 1)
+    assert store.claim(job_id, "w1", "cpu").attempt == 1
     assert store.publish_tokens({job_id: "old "}, {job_id: 1}) == set()
     _lapse_and_requeue(store, job_id)
     assert store.publish_tokens({job_id: "zombie "}, {job_id: 1}) == {job_id}  # queued again: not ours
     # The same worker may claim it again: its worker id alone would not fence the old attempt.
-    assert store.claim_attempt(job_id, "w1", "cpu") == ("claimed", 2)
+    assert store.claim(job_id, "w1", "cpu").attempt == 2
     other = new_job_id()
     store.create(other, "tiny", JobCreate(prompt="y"))
-    assert store.claim_attempt(other, "w1", "cpu") == ("claimed", 1)
+    assert store.claim(other, "w1", "cpu").attempt == 1
     # One step for several rows: the stale row is refused, the others go through.
     lost = store.publish_tokens({job_id: "zombie ", other: "fine "}, {job_id: 1, other: 1})
     assert lost == {job_id}
@@ -94,7 +94,7 @@ def test_writes_of_an_attempt_that_lost_the_job_are_dropped(store: JobStore) -> 
 def test_a_publish_retried_after_a_lost_reply_appends_nothing_twice(store: JobStore) -> None:
     job_id = new_job_id()
     store.create(job_id, "tiny", JobCreate(prompt="x"))
-    assert store.claim(job_id, "w", "cpu") == "claimed"
+    assert store.claim(job_id, "w", "cpu").outcome == "claimed"
     assert store.publish_tokens({job_id: "héllo "}, {job_id: 1}, {job_id: 0}) == set()
     # Its reply was lost (Redis died after fsyncing it): the worker sends it again, with what came since.
     assert store.publish_tokens({job_id: "héllo world"}, {job_id: 1}, {job_id: 0}) == set()
@@ -107,7 +107,7 @@ def test_leases_are_timed_by_redis_clock_not_the_workers(store: JobStore) -> Non
     skewed = JobStore(store.r, store.ttl_s, clock=lambda: time.time() - SKEW_S)
     job_id = new_job_id()
     skewed.create(job_id, "tiny", JobCreate(prompt="x"))
-    assert skewed.claim(job_id, "w", "cpu", lease_s=30) == "claimed"
+    assert skewed.claim(job_id, "w", "cpu", lease_s=30).outcome == "claimed"
     seconds, micros = store.r.time()
     redis_now = seconds + micros / 1e6
     lease = store.r.zscore(keys.RUNNING, job_id)

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from genq.client import Client
 from shared import keys
 from shared.celery_app import make_celery, queue_lists
-from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
@@ -119,7 +119,7 @@ def test_lapsed_lease_requeues_then_fails_worker_lost(store: JobStore, settings:
     store.create(job_id, "tiny", JobCreate(prompt="x"))
     reconciler = Reconciler(store, make_celery(settings), settings)
     for attempt in range(1, settings.max_attempts + 1):
-        assert store.claim(job_id, "dead-worker", "cpu", lease_s=0.01) == "claimed"
+        assert store.claim(job_id, "dead-worker", "cpu", lease_s=0.01).outcome == "claimed"
         time.sleep(0.05)
         counts = reconciler.sweep()
         record = store.raw(job_id)
@@ -186,7 +186,7 @@ def test_a_long_poll_wakes_when_the_job_ends_not_at_each_token(store: JobStore) 
 
     job_id = new_job_id()
     store.create(job_id, "tiny", JobCreate(prompt="x", model="tiny"))
-    assert store.claim(job_id, "w", "cpu") == "claimed"
+    assert store.claim(job_id, "w", "cpu").outcome == "claimed"
     seen: list = []
     before = _xreads(store)
     poll = threading.Thread(target=lambda: seen.append(store.wait(job_id, 30)))

@@ -11,10 +11,10 @@ from openai import OpenAI
 
 from api.app import create_app
 from api.openai_replies import Diverged, _Sent
-from shared.client import Client
+from genq.client import Client
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

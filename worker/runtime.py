@@ -1,4 +1,8 @@
-"""A worker process: one model on one device, its engine thread, heartbeat, and the job lifecycle."""
+"""A worker process: one model on one device, its engine thread, heartbeat, and stopping.
+
+The process side only: what happens to one job (record → engine request, result → stored outcome)
+is in worker/jobflow.py as plain functions; run_job here claims, calls them, and stores the result.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -19,10 +22,13 @@ from celery import Celery
 
 from shared.jobstore import JobStore
 from shared.metrics import job_ops
+from shared.records import JobRecord
 from shared.redisconn import connect
-from shared.schemas import ErrorCode, FinishReason, JobCreate, Status
+from shared.schemas import ErrorCode, Status
 from shared.settings import CRASH_MARKER, ModelSpec, Settings
-from worker.engine import Engine, GenerationError, Hooks, Request, RowLost
+from worker import jobflow
+from worker.engine import Engine, GenerationError, Request, RowLost
+from worker.fencing import Leases, StoreHooks
 from worker.reconciler import Reconciler
 from worker.sampling import RowParams
 from worker.webhooks import SENDERS as WEBHOOK_SENDERS
@@ -34,60 +40,6 @@ FINISH_RETRY_S = 60  # how long a finished job's result waits for Redis to come 
 GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 
-class StoreHooks(Hooks):
-    """Engine hooks backed by the job store; a Redis blip delays stream events, never loses them."""
-
-    def __init__(self, store: JobStore, attempts: dict[str, int]) -> None:
-        self.store = store
-        self.attempts = attempts  # job id → the attempt this worker holds it at (its fencing token)
-        self.pending: dict[str, str] = {}  # text not on its stream yet (Redis was unreachable)
-        self.sent: dict[str, int] = {}  # bytes of each attempt's text already on its stream
-        self._lock = threading.Lock()  # the engine thread publishes, job threads flush
-        self._failing = False  # one log line per outage, not one per step
-
-    def on_text(self, deltas: dict[str, str]) -> set[str] | None:
-        """Append new text to each job's event stream, fenced; return the jobs no longer ours."""
-        with self._lock:
-            for job_id, text in deltas.items():
-                if job_id in self.attempts:  # a row no claim started (a test's) writes nothing
-                    self.pending[job_id] = self.pending.get(job_id, "") + text
-        try:
-            return self.flush()
-        except redis.RedisError as exc:
-            if not self._failing:
-                log.warning("could not publish tokens (kept, sent when Redis answers): %s", exc)
-            self._failing = True
-            return None
-
-    def flush(self, job_ids: set[str] | None = None) -> set[str]:
-        """Publish the text kept back for these jobs (all: None); raise RedisError if Redis is away."""
-        with self._lock:
-            batch = {j: t for j, t in self.pending.items() if job_ids is None or j in job_ids}
-            if not batch:
-                return set()
-            offsets = {j: self.sent.get(j, 0) for j in batch}
-            lost = self.store.publish_tokens(batch, dict(self.attempts), offsets)
-            self._failing = False
-            for job_id, text in batch.items():
-                del self.pending[job_id]
-                self.sent[job_id] = offsets[job_id] + len(text.encode())
-            return lost
-
-    def cancelled(self, ids: list[str]) -> set[str]:
-        """Return the running jobs whose cancellation a client asked for."""
-        try:
-            return self.store.cancel_requested(ids)
-        except redis.RedisError as exc:
-            log.warning("could not read cancel flags: %s", exc)
-            return set()
-
-    def forget(self, job_id: str) -> None:
-        """Drop what is kept for a job this worker is done with."""
-        with self._lock:
-            self.pending.pop(job_id, None)
-            self.sent.pop(job_id, None)
-
-
 class Runtime:
     """Everything one worker process holds: settings, store, the loaded engine and its threads."""
 
@@ -95,7 +47,7 @@ class Runtime:
         self.settings = settings
         self.spec = spec
         self.device = device
-        skew_s = settings.test_clock_skew_s
+        skew_s = settings.test_clock_skew_s  # tests only: a host whose clock is off
         self.store = JobStore(
             connect(settings.redis_url, settings.redis_sentinel_master),
             settings.result_ttl,
@@ -104,9 +56,8 @@ class Runtime:
         self.host = socket.gethostname()
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
-        self.inflight: dict[str, int] = {}  # jobs claimed and not yet finished → attempt held
-        self.hooks = StoreHooks(self.store, self.inflight)  # the engine's, once it is loaded
-        self.confirmed: dict[str, float] = {}  # job → monotonic time its lease was last known good
+        self.leases = Leases(self.store, settings.lease_seconds)  # the jobs claimed and not finished
+        self.hooks = StoreHooks(self.store, self.leases.attempts)  # the engine's, once it is loaded
         self._stop = threading.Event()  # stops the engine
         self._leaving = threading.Event()  # stops the heartbeat
         self._threads: list[threading.Thread] = []
@@ -186,60 +137,35 @@ class Runtime:
     def _heartbeat_loop(self) -> None:
         # Leases renew until the engine stops: a draining worker still holds its jobs.
         while not self._stop.wait(self.settings.heartbeat_interval):
+            lost: set[str] = set()
             try:
-                self._renew()
+                lost = self.leases.renew()  # fenced: the jobs another attempt took or that ended
                 if not self._leaving.is_set():
                     self._beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
-            finally:
-                self._drop_unconfirmed()
-
-    def _renew(self) -> None:
-        """Renew the leases of the jobs in hand; drop those another attempt took or that ended."""
-        held = dict(self.inflight)
-        asked = time.monotonic()  # the lease runs from Redis's now, which is later than this
-        lost = self.store.renew(held, self.settings.lease_seconds)
-        for job_id in held.keys() - lost:
-            if job_id in self.confirmed:
-                self.confirmed[job_id] = asked
-        if lost and self.engine is not None:
-            log.warning("leases lost (the jobs moved on): %s", sorted(lost))
-            self.engine.forget(lost)
-
-    def _drop_unconfirmed(self) -> None:
-        """Treat as lost the jobs whose lease could not be renewed for a whole lease period (Redis
-        unreachable, or this process paused): they may already run elsewhere."""
-        limit = time.monotonic() - self.settings.lease_seconds
-        stale = {job_id for job_id, at in list(self.confirmed.items()) if at < limit}
-        if stale and self.engine is not None:
-            log.warning(
-                "no lease renewal for %.1f s: dropping jobs %s", self.settings.lease_seconds, sorted(stale)
-            )
-            for job_id in stale:
-                self.confirmed.pop(job_id, None)
-            self.engine.forget(stale)
+            lost |= self.leases.lapsed()  # not renewed for a whole lease: may run elsewhere
+            if lost and self.engine is not None:
+                self.engine.forget(lost)  # dropped from the batch at its next step
 
     # --- one job ------------------------------------------------------------
     def run_job(self, job_id: str) -> None:
         """Claim a queued job under a lease, generate, and store its one terminal result."""
         asked = time.monotonic()
-        claimed, attempt = self.store.claim_attempt(
-            job_id, self.worker_id, self.device, self.settings.lease_seconds
-        )
-        if claimed != "claimed":
-            reason = claimed or "unknown or expired record"
+        claim = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
+        rec = claim.record
+        if rec is None:
+            reason = claim.outcome or "unknown or expired record"
             log.info(
                 "job %s not run: %s", job_id, reason, extra=self._fields("job not run", job_id, reason=reason)
             )
             return
-        self.inflight[job_id] = attempt  # the heartbeat renews its lease from now on
-        self.confirmed[job_id] = asked
+        attempt = claim.attempt  # the fencing token every write for this job carries
+        self.leases.hold(job_id, attempt, asked)  # the heartbeat renews its lease from now on
         try:
-            rec = self.store.raw(job_id)
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
-                self._generate(job_id, rec)
+                self._generate(rec)
             except RowLost:
                 # Fenced: nothing of this attempt is stored; the attempt that holds the job does that.
                 log.warning(
@@ -248,7 +174,7 @@ class Runtime:
                     extra=self._fields("job dropped", job_id, attempt=attempt),
                 )
             except GenerationError as exc:
-                error = {"code": exc.code.value, "message": str(exc)}
+                error = jobflow.failure(exc.code, str(exc))
                 log.warning(
                     "job %s failed: %s",
                     job_id,
@@ -261,11 +187,10 @@ class Runtime:
                 log.exception(
                     "job %s failed: %s", job_id, code, extra=self._fields("job failed", job_id, code=code)
                 )
-                error = {"code": code, "message": f"{type(exc).__name__}: {exc}"}
+                error = jobflow.failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
                 self._finish(job_id, Status.FAILED, error=error)
         finally:
-            self.inflight.pop(job_id, None)
-            self.confirmed.pop(job_id, None)
+            self.leases.release(job_id)
             self.hooks.forget(job_id)
 
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
@@ -275,9 +200,8 @@ class Runtime:
         while True:
             try:
                 self.hooks.flush({job_id})  # the stream holds all the text before the done event
-                stored = self.store.finish(
-                    job_id, status, holder=self.worker_id, attempt=self.inflight.get(job_id, -1), **fields
-                )
+                attempt = self.leases.attempt(job_id)
+                stored = self.store.finish(job_id, status, holder=self.worker_id, attempt=attempt, **fields)
                 if not stored:
                     log.warning("job %s: result not stored, the job ended or moved on", job_id)
                 return stored
@@ -291,10 +215,10 @@ class Runtime:
         """Return the extra fields of a job event's log line (JSON logs show them as keys)."""
         return {"event": event, "job_id": job_id, "model": self.spec.name, "worker": self.worker_id, **more}
 
-    def _generate(self, job_id: str, rec: dict[str, str]) -> None:
+    def _generate(self, rec: JobRecord) -> None:
+        """Run a claimed job on the engine and store its outcome (worker/jobflow.py shapes both)."""
         assert self.engine is not None
-        job = JobCreate.model_validate(json.loads(rec["request"]))
-        created_at = float(rec["created_at"])
+        job = rec.job
         started = time.time()
         t0 = time.perf_counter()
         messages = [m.model_dump(mode="json") for m in job.messages] if job.messages else None
@@ -302,97 +226,44 @@ class Runtime:
         tokenize_s = time.perf_counter() - t0
         if self.settings.fault_injection and CRASH_MARKER in (job.prompt or json.dumps(messages)):
             os.kill(os.getpid(), signal.SIGKILL)  # a poison job, for the fault-injection tests
-        seed = job.seed if job.seed is not None else random.getrandbits(63)
-        params = RowParams(
-            sampling=job.sampling,
-            temperature=job.temperature or 1.0,
-            top_k=job.top_k,
-            top_p=job.top_p,
-            repetition_penalty=job.repetition_penalty,
-        )
-        max_new = job.max_new_tokens or self.spec.default_max_new_tokens
-        req = Request(
-            job_id,
-            input_ids,
-            max_new,
-            params,
-            seed,
-            list(job.stop),
-            job.ignore_eos,
-            deadline=float(rec["deadline"]) if rec.get("deadline") else None,
-            solo=rec.get("isolate") == "1",
-        )
+        req = jobflow.engine_request(rec, input_ids)
         result = self.engine.submit(req).result()
         finished = time.time()
-        status, error = Status.SUCCEEDED, None
-        if result.finish_reason is FinishReason.CANCELLED:
-            status = Status.CANCELLED
-        elif result.finish_reason is FinishReason.TIMEOUT:
-            status = Status.FAILED
-            error = {
-                "code": ErrorCode.TIMEOUT.value,
-                "message": "the job's deadline passed while it ran; output holds the text made so far",
-            }
-        # The engine times from admission: its first token came (generate - first_token) + decode
-        # seconds before the result did.
-        ttft_s = (
-            None
-            if result.first_token_s is None
-            else finished - result.decode_s - (result.generate_s - result.first_token_s) - created_at
-        )
-        tokens_per_s = result.completion_tokens / result.generate_s if result.generate_s > 0 else None
-        timings = {
-            "queued": round((started - created_at) * 1000, 2),
-            "tokenize": round(tokenize_s * 1000, 2),
-            "generate": round(result.generate_s * 1000, 2),
-            "decode": round(result.decode_s * 1000, 2),
-            "total": round((finished - created_at) * 1000, 2),
-            "time_to_first_token": round(ttft_s * 1000, 2) if ttft_s is not None else None,
-            "tokens_per_second": round(tokens_per_s, 2) if tokens_per_s is not None else None,
-        }
-        metrics = job_ops(
+        out = jobflow.outcome(rec, req, result, started, finished, tokenize_s)
+        metrics = job_ops(  # added in the fenced step that stores the result
             self.spec.name,
-            queue_wait_s=started - created_at,
-            latency_s=finished - created_at,
-            ttft_s=ttft_s,
-            tokens_per_s=tokens_per_s if result.completion_tokens else None,
+            queue_wait_s=started - rec.created_at,
+            latency_s=finished - rec.created_at,
+            ttft_s=out.ttft_s,
+            tokens_per_s=out.tokens_per_s if result.completion_tokens else None,
             completion_tokens=result.completion_tokens,
         )
-        stored = self._finish(
-            job_id,
-            status,
-            metrics=metrics,  # added in the fenced step that stores the result
-            error=error,
-            output={"text": result.text, "finish_reason": result.finish_reason.value},
-            usage={"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-            timings=timings,
-            seed=str(seed) if job.sampling else None,
-        )
+        stored = self._finish(rec.id, out.status, metrics=metrics, **out.fields())
         # Ids, counts and timings only: prompts and outputs stay out of logs unless GENQ_LOG_TEXT=1.
         log.info(
             "job %s %s: %d prompt + %d completion tokens, %s, %.0f ms",
-            job_id,
-            status.value,
+            rec.id,
+            out.status.value,
             result.prompt_tokens,
             result.completion_tokens,
             result.finish_reason.value,
-            (finished - created_at) * 1000,
+            (finished - rec.created_at) * 1000,
             extra=self._fields(
                 "job finished",
-                job_id,
-                status=status.value,
+                rec.id,
+                status=out.status.value,
                 finish_reason=result.finish_reason.value,
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
-                timings=timings,  # ms, as stored on the job
+                timings=out.timings,  # ms, as stored on the job
                 stored=stored,  # False: the job had ended or moved on, so this result was dropped
             ),
         )
         if self.settings.log_text:
             log.info(
                 "job %s text: prompt=%r output=%r",
-                job_id,
+                rec.id,
                 job.prompt or messages,
                 result.text,
-                extra=self._fields("job text", job_id),
+                extra=self._fields("job text", rec.id),
             )
