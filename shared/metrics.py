@@ -46,7 +46,7 @@ class Histogram:
         """Return the Redis hash that holds this histogram for one model."""
         return keys.metrics_histogram(self.name, model)
 
-    def observe(self, pipe: redis.client.Pipeline, model: str, value: float) -> None:
+    def observe(self, pipe: redis.client.Pipeline | _Ops, model: str, value: float) -> None:
         """Queue the commands that add one observation."""
         value = max(0.0, value)  # clocks of different hosts may disagree by a little
         index = bisect_left(self.bounds, value)
@@ -91,29 +91,23 @@ TOKENS_PER_S = Histogram(
 HISTOGRAMS = (LATENCY, QUEUE_WAIT, TTFT, TOKENS_PER_S)
 
 
-def record_job(
-    r: redis.Redis,
-    model: str,
-    queue_wait_s: float | None = None,
-    latency_s: float | None = None,
-    ttft_s: float | None = None,
-    tokens_per_s: float | None = None,
-    completion_tokens: int = 0,
-) -> None:
-    """Observe the timings and tokens of one job a worker ran (None = not observed).
+def record_job(r: redis.Redis, model: str, **figures: float | None) -> None:
+    """Observe the timings and tokens of one job (job_ops' figures; None = not observed).
 
-    One round trip, inside MULTI/EXEC, so that a scrape never sees half a job.
+    One round trip, inside MULTI/EXEC, so that a scrape never sees half a job. (A worker adds
+    them in the fenced step that stores the job's result instead: JobStore.finish.)
     """
     pipe = r.pipeline(transaction=True)
     # The final-status count is kept by the job store's Lua transitions (shared/transitions.py), which
     # also see jobs no worker finished: cancelled while queued, expired, worker_lost.
     pipe.sadd(MODELS, model)
-    _observe(pipe, model, queue_wait_s, latency_s, ttft_s, tokens_per_s, completion_tokens)
+    for op, key, field, amount in job_ops(model, **figures):
+        pipe.execute_command(op, key, field, amount)
     pipe.execute()
 
 
 class _Ops:
-    """Collects hash increments as [op, key, field, amount] for the job store's finish step."""
+    """Collects hash increments as [op, key, field, amount], in place of a pipeline."""
 
     def __init__(self) -> None:
         self.ops: list[list] = []
@@ -133,28 +127,16 @@ def job_ops(
     tokens_per_s: float | None = None,
     completion_tokens: int = 0,
 ) -> list[list]:
-    """Return record_job's increments as data, for JobStore.finish to add in the fenced step that
-    stores the result (the finish step counts the model in MODELS)."""
+    """Return the hash increments that observe one job a worker ran (None = not observed), as
+    data: JobStore.finish adds them in the fenced step that stores the job's result."""
     ops = _Ops()
-    _observe(ops, model, queue_wait_s, latency_s, ttft_s, tokens_per_s, completion_tokens)
-    return ops.ops
-
-
-def _observe(
-    pipe: redis.client.Pipeline | _Ops,
-    model: str,
-    queue_wait_s: float | None,
-    latency_s: float | None,
-    ttft_s: float | None,
-    tokens_per_s: float | None,
-    completion_tokens: int,
-) -> None:
     if completion_tokens:
-        pipe.hincrby(TOKENS, model, completion_tokens)
+        ops.hincrby(TOKENS, model, completion_tokens)
     observed = (latency_s, queue_wait_s, ttft_s, tokens_per_s)
     for hist, value in zip(HISTOGRAMS, observed, strict=True):
         if value is not None:
-            hist.observe(pipe, model, value)
+            hist.observe(ops, model, value)
+    return ops.ops
 
 
 class GenqCollector(Collector):
