@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from api.auth import install_auth
 from api.batches import batches_bp
+from api.context import Context
 from api.errors import register_error_handlers
+from api.jobs import jobs_bp
+from api.meta import meta_bp
 from api.metrics import metrics_bp
-from api.openai_compat import openai_bp
-from api.routes import bp
-from shared.celery_app import make_celery
-from shared.jobstore import JobStore
+from api.openai.routes import openai_bp
 from shared.logs import setup_logging
-from shared.redisconn import connect
 from shared.settings import Settings
 
 
@@ -24,15 +24,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     setup_logging(settings)  # JSON lines on stdout; calling create_app again adds no handler
     app = Flask("genq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's default; keep our field order
     app.json.sort_keys = False
-    app.extensions["genq"] = {
-        "settings": settings,
-        "store": JobStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl),
-        "celery": make_celery(settings),
-    }
-    register_error_handlers(app)
+    Context.build(settings).install(app)
+    register_error_handlers(app)  # genq's envelope; the OpenAI routes answer in OpenAI's
     install_auth(app, settings)  # before the blueprints: every /v1 route is behind it
-    app.register_blueprint(bp)
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(meta_bp)
     app.register_blueprint(openai_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(metrics_bp)  # GET /metrics: no key, no rate limit (not under /v1)

@@ -8,6 +8,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, g, request
 from flask_limiter import Limiter
@@ -116,7 +117,9 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
     if settings.rate_limit:
         # With Sentinels, the URL's password is the master's: none is sent to the Sentinels.
-        sentinel = {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
+        sentinel: dict[str, Any] = (
+            {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
+        )
         # Counters live in Redis, so the limit holds across every API process and host.
         Limiter(
             key_func=lambda: f"tenant:{g.get('tenant', DEFAULT_TENANT)}",

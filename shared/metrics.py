@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -61,9 +61,9 @@ class Histogram:
             if field != "sum":
                 counts[bisect_left(self.bounds, float(field))] += int(n)
         bounds = [*map(floatToGoString, self.bounds), "+Inf"]
-        total, out = 0, []
-        for bound, n in zip(bounds, counts, strict=True):
-            total += n
+        total, out = 0, list[tuple[str, float]]()
+        for bound, count in zip(bounds, counts, strict=True):
+            total += count
             out.append((bound, total))
         return out, float(stored.get("sum", 0.0))
 
@@ -91,7 +91,7 @@ TOKENS_PER_S = Histogram(
 HISTOGRAMS = (LATENCY, QUEUE_WAIT, TTFT, TOKENS_PER_S)
 
 
-def record_job(r: redis.Redis, model: str, **figures: float | None) -> None:
+def record_job(r: redis.Redis, model: str, **figures: Any) -> None:
     """Observe the timings and tokens of one job (job_ops' figures; None = not observed).
 
     One round trip, inside MULTI/EXEC, so that a scrape never sees half a job. (A worker adds

@@ -18,6 +18,7 @@ RUN_TIMEOUT_S = 900  # start-up, the soak, and every job settling, on a busy mac
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_a_short_seeded_soak_violates_nothing(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "chaos", "--seconds", str(SOAK_S), "--seed", "11", "--dir", str(tmp_path)],

@@ -124,6 +124,7 @@ def _running_on(store: JobStore, pid: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two workers start, then six jobs rerun one at a time
 def test_a_paused_worker_wakes_up_fenced_and_drops_its_lost_rows(
     start_worker, client: Client, store: JobStore
 ) -> None:

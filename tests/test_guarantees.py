@@ -27,7 +27,7 @@ def _messages(store: JobStore, queue: str = "genq.tiny") -> int:
 
 # --- backpressure -------------------------------------------------------------
 def test_queue_full_answers_429_and_stores_nothing(app, http, store: JobStore, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 3})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 3})
     accepted = [http.post("/v1/jobs", json={"prompt": "x"}) for _ in range(3)]
     assert [r.status_code for r in accepted] == [202] * 3
     full = http.post("/v1/jobs", json={"prompt": "x"})
@@ -59,11 +59,11 @@ def test_idempotency_key_returns_the_same_job(http, store: JobStore) -> None:
 
 
 def test_idempotency_key_is_released_when_the_job_is_refused(app, http, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 1})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 1})
     assert http.post("/v1/jobs", json={"prompt": "a"}).status_code == 202
     refused = http.post("/v1/jobs", json={"prompt": "b"}, headers={"Idempotency-Key": "k"})
     assert refused.status_code == 429
-    app.extensions["genq"]["settings"] = settings
+    app.extensions["genq"].settings = settings
     assert http.post("/v1/jobs", json={"prompt": "b"}, headers={"Idempotency-Key": "k"}).status_code == 202
 
 

@@ -73,8 +73,11 @@ def test_the_genq_command_runs_as_a_module_and_has_every_command() -> None:
 def test_the_console_script_and_the_images_carry_the_genq_package() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["genq"] == "genq.cli:main"
-    packages = project["tool"]["setuptools"]["packages"]
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [pattern.rstrip("*") for pattern in include]
     assert "genq" in packages
+    subpackages = {p.parent.name for p in ROOT.glob("*/*/__init__.py") if p.parent.parent.name in packages}
+    assert "openai" in subpackages, "a subpackage such as api/openai must be installed too"
     for image in ("api", "worker"):
         text = (ROOT / "docker" / f"{image}.Dockerfile").read_text()
         for package in packages:

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import invalid
-from api.openai_compat import request_jobs
-from api.openai_replies import OpenAIHTTPError, Reply, failure
+from api.errors import OpenAIHTTPError, invalid
+from api.openai.replies import Reply, failure
+from api.openai.routes import request_jobs
 from shared.batchstore import MISSING, BatchRecord
 from shared.jobstore import JobStore
 from shared.records import JobRecord

@@ -1,18 +1,17 @@
-"""Shape genq jobs as OpenAI answers: completion bodies, streamed chunks, and errors."""
+"""Shape genq jobs as OpenAI answers: completion bodies, streamed chunks, and what a failed job means."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
-from flask import Response, jsonify
 from pydantic import BaseModel
 
-from api.openai_schemas import (
+from api.errors import OpenAIHTTPError
+from api.events import KEEPALIVE, data_event, merged_events
+from api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -22,13 +21,10 @@ from api.openai_schemas import (
     CompletionChoice,
     CompletionChunk,
     CompletionUsage,
-    OpenAIError,
-    OpenAIErrorResponse,
 )
-from shared.jobstore import BLOCK_SLICE_MS, EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
+from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
 
-KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
 DONE = "data: [DONE]\n\n"  # OpenAI's end of stream
 
 # OpenAI knows only stop and length: a cancelled job stopped early, a timed-out one was cut by a limit.
@@ -40,34 +36,6 @@ FINISH = {
     FinishReason.TIMEOUT: "length",
 }
 REQUEST_ERRORS = {ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.NO_CHAT_TEMPLATE}  # the request's fault: 400
-
-
-class OpenAIHTTPError(Exception):
-    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
-        self.error = OpenAIError(message=message, type=type_, param=param, code=code)
-
-    def response(self) -> Response:
-        """Return the JSON error response."""
-        resp = jsonify(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
-        resp.status_code = self.status
-        resp.headers.update(self.headers)
-        return resp
-
-    def chunk(self) -> str:
-        """Return the error as one server-sent event (openai clients raise APIError on it)."""
-        return _sse(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
 
 
 class Diverged(Exception):
@@ -102,10 +70,6 @@ def usage(jobs: list[JobPublic]) -> CompletionUsage:
 
 def _finish(job: JobPublic) -> str:
     return FINISH[job.output.finish_reason] if job.output else "stop"
-
-
-def _sse(body: dict) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
 @dataclass(frozen=True)
@@ -168,7 +132,7 @@ class Reply:
         data = body.model_dump(mode="json")
         if not self.include_usage:
             data.pop("usage")
-        return _sse(data)
+        return data_event(data)
 
 
 class _Sent:
@@ -202,32 +166,6 @@ class _Sent:
         return delta
 
 
-def _events(store: JobStore, job_ids: list[str]) -> Iterator[tuple[int, dict] | None]:
-    """Yield (choice index, event) from all the jobs' streams as they come; None when idle a while."""
-    streams = {j: i for i, j in enumerate(job_ids)}
-    last = dict.fromkeys(streams, "0-0")
-    idle_since = time.monotonic()
-    while last:
-        reply = store.read_events(last, BLOCK_SLICE_MS)
-        for key, entries in reply:
-            for entry_id, fields in entries:
-                last[key] = entry_id
-                yield streams[key], fields
-                if fields.get("type") == EVENT_DONE:
-                    del last[key]
-                    break
-        if reply:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since >= KEEPALIVE_S:
-            idle_since = time.monotonic()
-            for key in list(last):  # a stream that expired before its record ends like job_events does
-                job = store.get(job_ids[streams[key]])
-                if job is None or job.status.is_terminal:
-                    del last[key]
-                    yield streams[key], {"type": EVENT_DONE}
-            yield None
-
-
 def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
     """Yield a request's chunks, choice i from job i, then usage (if asked) and [DONE].
 
@@ -239,9 +177,9 @@ def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
         if reply.chat:
             for i in range(len(job_ids)):
                 yield reply.chunk(i)
-        for item in _events(store, job_ids):
+        for item in merged_events(store, job_ids):
             if item is None:
-                yield ": keepalive\n\n"
+                yield KEEPALIVE
                 continue
             i, event = item
             kind = event.get("type")
@@ -258,6 +196,7 @@ def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
                     yield error.chunk()
                     yield DONE
                     return
+                assert job is not None  # failure() answers a missing record
                 ended[i] = job
                 delta = sent[i].final(job.output.text if job.output else "")
                 if delta:
