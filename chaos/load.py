@@ -18,7 +18,9 @@ from typing import Any
 
 from genq.client import Client, GenqError
 
-RETRY_FOR_S = 90  # how long one call is retried through outages before it counts as refused
+RETRY_FOR_S = (
+    180  # how long one call is retried through outages (past ABANDONED_KEY_S) before it counts as refused
+)
 RETRY_GAP_S = (0.2, 1.0)  # seconds between retries
 KINDS = ("stream", "poll", "batch", "cancel", "idempotent", "webhook")
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -30,6 +30,9 @@ EVENT_RESET = "reset"  # the job's worker died: drop the text streamed so far, i
 EVENT_DONE = "done"  # the job reached a terminal state; always the last event
 _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
+# Seconds after which an Idempotency-Key bound to nothing that exists passes to a retry: longer
+# than any request can take (gunicorn ends one after GENQ_MAX_WAIT + 30 s).
+ABANDONED_KEY_S = 120
 
 __all__ = ["DEFAULT_TENANT", "Claim", "JobStore", "QueueFull", "TenantQueueFull", "new_job_id"]
 
@@ -70,6 +73,7 @@ class JobStore:
         self._requeue = client.register_script(transitions.REQUEUE)
         self._renew = client.register_script(transitions.RENEW)
         self._publish = client.register_script(transitions.PUBLISH)
+        self._rebind = client.register_script(transitions.REBIND_IDEMPOTENCY)
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -123,11 +127,21 @@ class JobStore:
     def remember_idempotency(self, key: str, fingerprint: str, target_id: str, ttl_s: int) -> dict | None:
         """Bind an Idempotency-Key to a new job or batch; return the earlier binding if the key was used."""
         name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
-        value = json.dumps({"id": target_id, "fingerprint": fingerprint})
+        value = json.dumps({"id": target_id, "fingerprint": fingerprint, "at": self.clock()})
         if self.r.set(name, value, nx=True, ex=ttl_s):
             return None
-        earlier = self.r.get(name)
-        return json.loads(earlier) if earlier else None
+        raw = self.r.get(name)
+        earlier = json.loads(raw) if raw else None
+        if earlier and self._abandoned(earlier) and self._rebind(keys=[name], args=[raw, value, ttl_s]):
+            return None  # its first request died before creating anything: this one takes the key
+        return earlier
+
+    def _abandoned(self, binding: dict) -> bool:
+        """Return True for a binding older than any request whose job or batch does not exist."""
+        target = str(binding.get("id", ""))
+        record = keys.batch(target) if target.startswith("batch_") else keys.job(target)
+        age_s = self.clock() - float(binding.get("at", self.clock()))
+        return age_s > ABANDONED_KEY_S and not self.r.exists(record)
 
     def forget_idempotency(self, key: str) -> None:
         """Release a key whose job or batch could not be created."""

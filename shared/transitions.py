@@ -348,3 +348,15 @@ redis.call('EXPIRE', KEYS[2], ttl)
 return 'requeued'
 """
 )
+
+# An Idempotency-Key bound to what its first request never created (that request's process, or
+# Redis, died in between) passes to a retry, once: compare-and-set on the binding.
+# KEYS: the key's binding. ARGV: the binding seen, the new binding, TTL (seconds).
+REBIND_IDEMPOTENCY = (
+    _KEYS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+)
