@@ -28,16 +28,9 @@ def _model(name: str, workdir: Path) -> ModelSpec:
     """Return the soak's model: the tiny random Llama of the tests (fast), or the bundled SmolLM2."""
     if name == "smollm2":
         return default_catalog()[0]
-    from tests.tiny_model import build_tiny_model
+    from tests.tiny_model import build_tiny_model, tiny_spec
 
-    source = build_tiny_model(workdir / "tiny-model")
-    return ModelSpec(
-        name="tiny",
-        source=str(source),
-        context_length=8192,
-        max_new_tokens_cap=4000,
-        default_max_new_tokens=16,
-    )
+    return tiny_spec(build_tiny_model(workdir / "tiny-model"))
 
 
 def main(argv: list[str] | None = None) -> int:
