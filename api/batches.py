@@ -162,13 +162,15 @@ def _full(what: str, cap: int, n: int, code: ErrorCode) -> ApiError:
     )
 
 
-def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str], tenant: str) -> None:
+def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str]) -> None:
     """Undo a stored batch whose messages could not all be sent: cancel its jobs, forget the rest."""
     batches.delete(batch_id)  # first: its jobs' ends then count towards no batch (no webhook)
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
-        if store.cancel(job_id) == "cancelled":
-            store.delete(job_id)  # and from its tenant's job list
+        # Deleting a queued one first works with Redis full, when no write (and no claim) can; it
+        # leaves no record, nor an entry in its tenant's job list.
+        if store.delete(job_id) not in ("deleted", None):
+            store.cancel(job_id)
 
 
 @batches_bp.post("/v1/batches")
@@ -234,7 +236,7 @@ def _submit_batch(
         # Only Redis failing midway gets here; a job whose message is lost would still be re-sent
         # by the reconciler, but the client is told "refused", so nothing may run.
         with contextlib.suppress(Exception):
-            _withdraw(store, batches, batch_id, [j.job_id for j in new], tenant)
+            _withdraw(store, batches, batch_id, [j.job_id for j in new])
         raise
     batches.submitted(batch_id)
     return record

@@ -33,6 +33,9 @@ BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
 # Seconds after which an Idempotency-Key bound to nothing that exists passes to a retry: longer
 # than any request can take (gunicorn ends one after GENQ_MAX_WAIT + 30 s).
 ABANDONED_KEY_S = 120
+_EXPIRED_ERROR = json.dumps(
+    {"code": ErrorCode.EXPIRED.value, "message": "the job's deadline passed before a worker could start it"}
+)
 
 __all__ = ["DEFAULT_TENANT", "Claim", "JobStore", "QueueFull", "TenantQueueFull", "new_job_id"]
 
@@ -74,6 +77,9 @@ class JobStore:
         self._renew = client.register_script(transitions.RENEW)
         self._publish = client.register_script(transitions.PUBLISH)
         self._rebind = client.register_script(transitions.REBIND_IDEMPOTENCY)
+        self._expire = client.register_script(transitions.EXPIRE)
+        self._delete = client.register_script(transitions.DELETE_QUEUED)
+        self._unlock = client.register_script(transitions.UNLOCK)
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -167,39 +173,41 @@ class JobStore:
         rec = self.record(job_id)
         if rec is None or (tenant is not None and rec.tenant != tenant):
             return None
+        overdue = rec.status is Status.QUEUED and time.time() > (rec.deadline or float("inf"))
+        # Overdue: expire it now rather than answer 'queued' until a sweep or a worker comes.
+        if overdue and self.expire(job_id) == "expired":
+            rec = self.record(job_id) or rec
         return rec.public()
 
     def ping(self) -> None:
         """Raise unless Redis answers (readiness checks)."""
         self.r.ping()
 
+    def expire(self, job_id: str) -> str | None:
+        """Fail a queued job past its deadline as expired: 'expired', else the status that forbids it."""
+        return self._expire(
+            keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(time.time()), _EXPIRED_ERROR]
+        )
+
+    def unlock(self, key: str, token: str) -> None:
+        """Release a lock taken with SET NX under this token, unless it lapsed and another took it."""
+        self._unlock(keys=[key], args=[token])
+
     def owns(self, job_id: str, tenant: str) -> bool:
         """Return True when the job exists and belongs to the tenant."""
         return self.r.hget(keys.job(job_id), "tenant") == tenant
 
-    def delete(self, job_id: str) -> None:
-        """Remove a job whose enqueue failed, so that no record (nor its tenant's list) claims it exists."""
-        model, tenant = self.r.hmget(keys.job(job_id), "model", "tenant")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(keys.job(job_id), keys.events(job_id), keys.ended(job_id))
-        if model:
-            pipe.zrem(keys.queued(model), job_id)
-        if tenant:
-            pipe.zrem(keys.tenant_jobs(tenant), job_id)
-        pipe.execute()
+    def delete(self, job_id: str) -> str | None:
+        """Remove a still-queued job whose enqueue failed (works with Redis full): 'deleted', else
+        the status that keeps it (None if unknown)."""
+        return self._delete(keys=[keys.job(job_id), keys.events(job_id), keys.ended(job_id)], args=[job_id])
 
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> Claim:
         """Move a queued job to running under a lease (timed by Redis's clock); the Claim holds its
         record and attempt once claimed."""
-        expired = json.dumps(
-            {
-                "code": ErrorCode.EXPIRED.value,
-                "message": "the job's deadline passed before a worker could start it",
-            }
-        )
         outcome, attempt = self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, worker, device, lease_s, expired],
+            args=[job_id, worker, device, lease_s, _EXPIRED_ERROR],
         )
         # Read after the transition: the lease makes the job this worker's until it finishes it.
         if outcome != "claimed":
@@ -214,17 +222,18 @@ class JobStore:
         args = [x for job_id, n in attempts.items() for x in (job_id, n)]
         return set(self._renew(keys=[keys.RUNNING], args=[lease_s, *args]))
 
-    def requeue(self, job_id: str, max_attempts: int) -> str | None:
-        """Put back a running job whose lease lapsed: 'requeued', or its terminal status."""
-        lost = json.dumps(
-            {
-                "code": ErrorCode.WORKER_LOST.value,
-                "message": f"the job's worker died on each of its {max_attempts} attempts",
-            }
-        )
+    def requeue(
+        self, job_id: str, max_attempts: int, holder: str = "", error: dict | None = None
+    ) -> str | None:
+        """Put back a running job whose lease lapsed, or that its holder hands back: 'requeued',
+        'alive', or its terminal status (failed with error, default worker_lost, past max_attempts)."""
+        lost = error or {
+            "code": ErrorCode.WORKER_LOST.value,
+            "message": f"the job's worker died on each of its {max_attempts} attempts",
+        }
         return self._requeue(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, max_attempts, lost],
+            args=[job_id, max_attempts, json.dumps(lost), holder],
         )
 
     def finish(

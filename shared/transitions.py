@@ -313,7 +313,8 @@ return st
 
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
-# ARGV: job id, max attempts, worker_lost-error JSON.
+# ARGV: job id, max attempts, worker_lost-error JSON, and optionally the worker holding it:
+# then its lease need not have lapsed (a worker hands back the jobs of a batch step that failed).
 REQUEUE = (
     _KEYS
     + _CLOCK
@@ -323,7 +324,8 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
 local now = clock()
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if lease and tonumber(lease) > now then return 'alive' end
+local handed = ARGV[4] and ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'worker') == ARGV[4]
+if lease and tonumber(lease) > now and not handed then return 'alive' end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local final = nil
@@ -358,5 +360,52 @@ REBIND_IDEMPOTENCY = (
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
+"""
+)
+
+# A queued job past its deadline fails as expired, in one step: a read that finds it overdue
+# expires it at once (no worker or sweep needed), and a worker claiming it meanwhile cannot win
+# the race. KEYS: job, events. ARGV: job id, now, expired-error JSON.
+EXPIRE = (
+    _KEYS
+    + _UNQUEUE
+    + _NOTIFY
+    + """
+local st, deadline = unpack(redis.call('HMGET', KEYS[1], 'status', 'deadline'))
+if st ~= 'queued' then return st or false end
+if not deadline or tonumber(ARGV[2]) <= tonumber(deadline) then return 'queued' end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+unqueue(KEYS[1], ARGV[1])
+ended(KEYS[1], KEYS[2], ARGV[1], 'failed', ARGV[2])
+return 'expired'
+"""
+)
+
+# Release a lock only if this holder still holds it (it may have lapsed and been taken).
+# KEYS: lock. ARGV: holder's token.
+UNLOCK = (
+    _KEYS
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
+
+# Remove a job that was stored but could not be enqueued (or whose batch was withdrawn), if it is
+# still queued. DEL and ZREM come first: Redis lets a script that starts with them run when it is
+# out of memory, so a refused submission never leaves a record behind. KEYS: job, events, ended.
+# ARGV: job id. Returns 'deleted', else the status that keeps it (false if there is no record).
+DELETE_QUEUED = (
+    _KEYS
+    + """
+local st, m, t = unpack(redis.call('HMGET', KEYS[1], 'status', 'model', 'tenant'))
+if not st then return false end
+if st ~= 'queued' then return st end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+t = t or 'default'
+redis.call('ZREM', K_QUEUED .. m, ARGV[1])
+redis.call('ZREM', K_TENANT_QUEUED .. t, ARGV[1])
+redis.call('ZREM', K_TENANT_JOBS .. t, ARGV[1])
+return 'deleted'
 """
 )
