@@ -37,6 +37,8 @@ test-fast: setup
 bench: setup model
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.structured
+	$(BIN)/python -m bench.keys
 
 # A nemesis soak (docs/chaos.md): kills and pauses workers, APIs and Redis under a mixed load for
 # CHAOS_SECONDS (default 300), then checks that nothing was lost, duplicated or mis-streamed.
