@@ -11,6 +11,7 @@ from api.errors import register_error_handlers
 from api.metrics import metrics_bp
 from api.openai_compat import openai_bp
 from api.routes import bp
+from api.waiters import Hub
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.logs import setup_logging
@@ -25,11 +26,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("genq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["genq"] = {
-        "settings": settings,
-        "store": JobStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl),
-        "celery": make_celery(settings),
-    }
+    client = connect(
+        settings.redis_url, settings.redis_sentinel_master, max_connections=settings.api_redis_connections
+    )
+    store = JobStore(client, settings.result_ttl)
+    hub = Hub(client, settings.max_waiters_per_process, settings.max_waiters_per_tenant)
+    store.ended_waiter = hub.wait_ended  # long polls share the process's readers (api/waiters.py)
+    celery = make_celery(settings)
+    app.extensions["genq"] = {"settings": settings, "store": store, "celery": celery, "waiters": hub}
     register_error_handlers(app)
     install_auth(app, settings)  # before the blueprints: every /v1 route is behind it
     app.register_blueprint(bp)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app
 from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api.waitslots import WaiterCollector
 from shared.metrics import GenqCollector
 
 metrics_bp = Blueprint("metrics", __name__)
@@ -17,6 +18,7 @@ def _install(state: BlueprintSetupState) -> None:
     ext = state.app.extensions["genq"]
     registry = CollectorRegistry(auto_describe=False)  # no Redis call at start-up
     registry.register(GenqCollector(ext["store"], ext["settings"]))
+    registry.register(WaiterCollector(ext["waiters"]))
     state.app.extensions["genq_metrics"] = registry
 
 

@@ -22,6 +22,7 @@ from api.errors import RETRY_AFTER_S, ApiError
 from api.openai_replies import OpenAIHTTPError, Reply, cancel, failure, stream
 from api.openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from api.submit import check_limits, submit
+from api.waiters import request_socket
 from shared.jobstore import JobStore
 from shared.schemas import JobCreate, JobPublic
 from shared.settings import Settings
@@ -70,7 +71,16 @@ def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[A
 
 def _run(req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
     settings, store = _ctx()
-    queued = _submit_all(settings, store, jobs)
+    hub = current_app.extensions["genq"]["waiters"]
+    # A stream counts as a waiter before its jobs are enqueued (429 past the cap enqueues nothing);
+    # a plain request's waits count themselves (api/waiters.py Hub.held).
+    slot = hub.open_slot(g.tenant) if req.stream else None
+    try:
+        queued = _submit_all(settings, store, jobs)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
     reply = Reply(
         chat=chat,
         id=("chatcmpl-" if chat else "cmpl-") + queued[0].id.removeprefix("job_"),
@@ -81,9 +91,8 @@ def _run(req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
     headers = {"X-Genq-Job-Ids": ",".join(j.id for j in queued)}  # to follow or cancel them via /v1/jobs
     if req.stream:
         headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
-        return Response(
-            stream(store, reply, [j.id for j in queued]), mimetype="text/event-stream", headers=headers
-        )
+        body = hub.guard(stream(store, hub, reply, [j.id for j in queued], request_socket()), slot)
+        return Response(body, mimetype="text/event-stream", headers=headers)
     resp = jsonify(reply.complete(_collect(settings, store, queued, reply)).model_dump(mode="json"))
     resp.headers.update(headers)
     return resp

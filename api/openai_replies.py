@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from flask import Response, jsonify
@@ -25,8 +26,9 @@ from api.openai_schemas import (
     OpenAIError,
     OpenAIErrorResponse,
 )
+from api.waiters import CHECK_S, Hub, client_gone
 from shared import keys
-from shared.jobstore import BLOCK_SLICE_MS, EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
+from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
 
 KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
@@ -203,33 +205,35 @@ class _Sent:
         return delta
 
 
-def _events(store: JobStore, job_ids: list[str]) -> Iterator[tuple[int, dict] | None]:
+def _events(store: JobStore, hub: Hub, job_ids: list[str], sock: Any) -> Iterator[tuple[int, dict] | None]:
     """Yield (choice index, event) from all the jobs' streams as they come; None when idle a while."""
     streams = {keys.events(j): i for i, j in enumerate(job_ids)}
-    last = dict.fromkeys(streams, "0-0")
+    open_keys = set(streams)
     idle_since = time.monotonic()
-    while last:
-        reply = store.r.xread(last, count=512, block=BLOCK_SLICE_MS)
-        for key, entries in reply or []:
-            for entry_id, fields in entries:
-                last[key] = entry_id
+    with hub.subscribe(dict.fromkeys(streams, "0-0")) as sub:
+        while open_keys:
+            got = sub.get(CHECK_S)
+            for key, _, fields in got:
+                if key not in open_keys:
+                    continue
                 yield streams[key], fields
                 if fields.get("type") == EVENT_DONE:
-                    del last[key]
-                    break
-        if reply:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since >= KEEPALIVE_S:
-            idle_since = time.monotonic()
-            for key in list(last):  # a stream that expired before its record ends like job_events does
-                job = store.get(job_ids[streams[key]])
-                if job is None or job.status.is_terminal:
-                    del last[key]
-                    yield streams[key], {"type": EVENT_DONE}
-            yield None
+                    open_keys.discard(key)
+            if got:
+                idle_since = time.monotonic()
+            elif client_gone(sock):
+                return
+            elif time.monotonic() - idle_since >= KEEPALIVE_S:
+                idle_since = time.monotonic()
+                for key in sorted(open_keys):  # a stream that expired before its record ends like job_events
+                    job = store.get(job_ids[streams[key]])
+                    if job is None or job.status.is_terminal:
+                        open_keys.discard(key)
+                        yield streams[key], {"type": EVENT_DONE}
+                yield None
 
 
-def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
+def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: Any = None) -> Iterator[str]:
     """Yield a request's chunks, choice i from job i, then usage (if asked) and [DONE].
 
     Whatever ends the stream early (an error, the client going away) cancels the jobs still running.
@@ -240,7 +244,7 @@ def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
         if reply.chat:
             for i in range(len(job_ids)):
                 yield reply.chunk(i)
-        for item in _events(store, job_ids):
+        for item in _events(store, hub, job_ids, sock):
             if item is None:
                 yield ": keepalive\n\n"
                 continue

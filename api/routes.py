@@ -15,6 +15,7 @@ from api.errors import ApiError, invalid, validation_details
 from api.openapi import openapi_spec
 from api.stream import job_events
 from api.submit import check_limits, submit
+from api.waiters import request_socket
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import (
     ErrorCode,
@@ -142,8 +143,11 @@ def stream_job(job_id: str) -> Response:
     """Stream a job's text as server-sent events (token, status, error, done)."""
     _, store = _ctx()
     _job_or_404(store, job_id)
+    hub = current_app.extensions["genq"]["waiters"]
+    slot = hub.open_slot(g.tenant)  # 429 past the tenant's cap; freed when the server closes the body
+    body = hub.guard(job_events(store, hub, job_id, request_socket()), slot)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
-    return Response(job_events(store, job_id), mimetype="text/event-stream", headers=headers)
+    return Response(body, mimetype="text/event-stream", headers=headers)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 
+from api.waiters import CHECK_S, Hub, client_gone
+from shared import keys
 from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, Status
 
@@ -18,28 +22,39 @@ def sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def job_events(store: JobStore, job_id: str) -> Iterator[str]:
-    """Yield a job's events from its first token (late clients catch up), ending with done."""
-    last = "0-0"
+def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iterator[str]:
+    """Yield a job's events from its first token (late clients catch up), ending with done.
+
+    The process's shared readers deliver the events; a client that hangs up (its socket `sock`
+    reads EOF) ends the stream within CHECK_S seconds.
+    """
     try:
-        while True:
-            for event in store.events(job_id, after=last, timeout_s=KEEPALIVE_S):
-                last = event["id"]
-                kind = event.get("type")
-                if kind == EVENT_TOKEN:
-                    yield sse("token", {"text": event.get("data", "")})
-                elif kind == EVENT_STATUS:
-                    yield sse("status", {"status": event.get("data")})
-                elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
-                    yield sse("reset", {"status": event.get("data")})
-                elif kind == EVENT_DONE:
-                    yield from _final(store, job_id)
+        with hub.subscribe({keys.events(job_id): "0-0"}) as sub:
+            quiet_since = time.monotonic()
+            while True:
+                got = sub.get(CHECK_S)
+                for _, _, event in got:
+                    kind = event.get("type")
+                    if kind == EVENT_TOKEN:
+                        yield sse("token", {"text": event.get("data", "")})
+                    elif kind == EVENT_STATUS:
+                        yield sse("status", {"status": event.get("data")})
+                    elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
+                        yield sse("reset", {"status": event.get("data")})
+                    elif kind == EVENT_DONE:
+                        yield from _final(store, job_id)
+                        return
+                if got:
+                    quiet_since = time.monotonic()
+                elif client_gone(sock):
                     return
-            job = store.get(job_id)
-            if job is None or job.status.is_terminal:  # the stream expired before the record
-                yield from _final(store, job_id)
-                return
-            yield ": keepalive\n\n"
+                elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+                    job = store.get(job_id)
+                    if job is None or job.status.is_terminal:  # the stream expired before the record
+                        yield from _final(store, job_id)
+                        return
+                    yield ": keepalive\n\n"
+                    quiet_since = time.monotonic()
     except redis.RedisError as exc:
         yield sse(
             "error", {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "message": f"job store unavailable: {exc}"}

@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -49,6 +49,8 @@ class JobStore:
         self._finish = client.register_script(scripts.FINISH)
         self._cancel = client.register_script(scripts.CANCEL)
         self._requeue = client.register_script(scripts.REQUEUE)
+        # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection.
+        self.ended_waiter: Callable[[str, float], None] | None = None
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -241,6 +243,9 @@ class JobStore:
         job = self.get(job_id, tenant)
         if job is None or job.status.is_terminal or timeout_s <= 0:
             return job
+        if self.ended_waiter is not None:
+            self.ended_waiter(job_id, timeout_s)
+            return self.get(job_id, tenant)
         deadline = time.monotonic() + timeout_s
         while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # From the start of the stream: an end written before this call is seen at once.

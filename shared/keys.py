@@ -64,3 +64,16 @@ def batch(batch_id: str) -> str:
 def batch_items(batch_id: str) -> str:
     """Return the list of a batch's items in submission order, each JSON [custom_id, job_id]."""
     return f"{PREFIX}:batch:{batch_id}:items"
+
+
+WAITER_TENANTS = f"{PREFIX}:waiters:tenants"  # set: tenants that have held an open stream or long poll
+
+
+def waiters(tenant: str) -> str:
+    """Return the zset of a tenant's open streams and long polls: waiter token → lease expiry (Unix s)."""
+    return f"{PREFIX}:waiters:{tenant}"
+
+
+def waiter_wake(reader: str) -> str:
+    """Return the stream an API process writes to so that one of its readers re-arms its XREAD."""
+    return f"{PREFIX}:waiters:wake:{reader}"

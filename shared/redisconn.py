@@ -16,6 +16,7 @@ from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel://"
 HEALTH_CHECK_S = 30  # seconds between checks of an idle pooled connection
+POOL_WAIT_S = 20  # longest wait for a free pooled connection, in seconds
 SENTINEL_TIMEOUT_S = 1.0  # how long one Sentinel may take to answer, in seconds
 
 
@@ -51,12 +52,27 @@ def parse_sentinel(url: str) -> SentinelURL:
 
 
 def connect(
-    url: str, sentinel_master: str = "", decode_responses: bool = True, **options: Any
+    url: str,
+    sentinel_master: str = "",
+    decode_responses: bool = True,
+    max_connections: int = 0,
+    **options: Any,
 ) -> redis.Redis:
     """Return a client of the Redis master: directly, or found (and re-found) through Sentinels.
 
-    options go to the client's connections (socket_timeout=..., for instance).
+    options go to the client's connections (socket_timeout=..., for instance). With max_connections,
+    a plain URL's pool holds at most that many and a caller waits for a free one (up to POOL_WAIT_S).
     """
+    if not is_sentinel(url) and max_connections:
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=POOL_WAIT_S,
+            decode_responses=decode_responses,
+            health_check_interval=HEALTH_CHECK_S,
+            **options,
+        )
+        return redis.Redis(connection_pool=pool)
     if not is_sentinel(url):
         return redis.Redis.from_url(
             url, decode_responses=decode_responses, health_check_interval=HEALTH_CHECK_S, **options

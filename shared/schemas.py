@@ -93,6 +93,7 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"  # the deadline passed while the job was queued; it never ran
     TIMEOUT = "timeout"  # the deadline passed while it ran; partial text kept
     WORKER_LOST = "worker_lost"  # its worker died on every attempt
+    TOO_MANY_WAITERS = "too_many_waiters"  # open streams + long polls past a tenant's or a process's cap
     SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL = "internal_error"
 
