@@ -14,13 +14,14 @@ from flask_limiter import Limiter
 
 from api.errors import ApiError
 from shared.jobstore import DEFAULT_TENANT
-from shared.redisconn import is_sentinel, limiter_uri
+from shared.redisconn import bounded_pool, is_sentinel, limiter_uri
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "gq_"  # makes genq keys recognisable to secret scanners
+LIMITER_CONNECTIONS = 4  # Redis connections of the rate limiter per API process
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,10 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
     if settings.rate_limit:
         # With Sentinels, the URL's password is the master's: none is sent to the Sentinels.
-        sentinel = {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
+        if is_sentinel(settings.redis_url):
+            storage: dict = {"sentinel_kwargs": {"password": None}}
+        else:  # a few connections per process, however many requests wait (api/waiters.py)
+            storage = {"connection_pool": bounded_pool(settings.redis_url, LIMITER_CONNECTIONS)}
         # Counters live in Redis, so the limit holds across every API process and host.
         Limiter(
             key_func=lambda: f"tenant:{g.get('tenant', DEFAULT_TENANT)}",
@@ -123,7 +127,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
             default_limits=[settings.rate_limit],
             default_limits_exempt_when=lambda: not request.path.startswith("/v1/"),
             storage_uri=limiter_uri(settings.redis_url, settings.redis_sentinel_master),
-            storage_options=sentinel,
+            storage_options=storage,
             strategy="fixed-window",  # 2 Redis calls per request; moving windows cost 5-10,
             headers_enabled=False,  # window stats cost several Redis calls per request
             swallow_errors=True,  # Redis down: the routes answer 503 themselves

@@ -64,14 +64,7 @@ def connect(
     a plain URL's pool holds at most that many and a caller waits for a free one (up to POOL_WAIT_S).
     """
     if not is_sentinel(url) and max_connections:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=POOL_WAIT_S,
-            decode_responses=decode_responses,
-            health_check_interval=HEALTH_CHECK_S,
-            **options,
-        )
+        pool = bounded_pool(url, max_connections, decode_responses=decode_responses, **options)
         return redis.Redis(connection_pool=pool)
     if not is_sentinel(url):
         return redis.Redis.from_url(
@@ -85,6 +78,17 @@ def connect(
         username=parsed.username,
         password=parsed.password,
         decode_responses=decode_responses,
+        health_check_interval=HEALTH_CHECK_S,
+        **options,
+    )
+
+
+def bounded_pool(url: str, max_connections: int, **options: Any) -> redis.BlockingConnectionPool:
+    """Return a pool of at most max_connections to a plain redis:// URL; callers wait for a free one."""
+    return redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
         health_check_interval=HEALTH_CHECK_S,
         **options,
     )

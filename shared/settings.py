@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     api_threads: Annotated[int, Field(ge=1)] = 32  # threads per gunicorn process (long polls hold one)
     api_worker_class: Literal["gevent", "gthread"] = "gevent"  # gevent: a waiting client costs a socket
     api_worker_connections: Annotated[int, Field(ge=16)] = 10_000  # open connections per gevent process
-    api_redis_connections: Annotated[int, Field(ge=8)] = 32  # Redis connections per API process, at most
+    api_redis_connections: Annotated[int, Field(ge=8)] = 16  # Redis connections per API process, at most
     max_waiters_per_process: Annotated[int, Field(ge=1)] = 8_000  # open streams + long polls per process
     max_waiters_per_tenant: Annotated[int, Field(ge=0)] = 1_000  # across all API processes; 0 = no cap
     result_ttl: Annotated[int, Field(ge=60)] = 86_400  # seconds a job record is kept
