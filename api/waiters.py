@@ -25,7 +25,7 @@ import redis
 from flask import g, has_request_context, request
 
 from api.errors import ApiError
-from api.waitslots import TenantSlots
+from api.waitslots import SYNC_S, TenantCounts
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT
 from shared.schemas import ErrorCode
@@ -37,7 +37,6 @@ CHECK_S = 1.0  # seconds between checks that a waiting client is still connected
 RETRY_S = 1.0  # seconds a reader pauses after a Redis error
 WAKE_MAXLEN = 16  # entries kept in a reader's wake stream
 WAKE_TTL_S = 3600  # seconds a dead process's wake stream outlives it
-REFRESH_S = 10.0  # seconds between renewals of this process's tenant-slot leases
 
 log = logging.getLogger(__name__)
 Entry = tuple[str, str, dict[str, str]]  # stream key, entry id, fields
@@ -198,7 +197,7 @@ class Hub:
         self.r = client
         self.name = uuid.uuid4().hex
         self.max_per_process = max_per_process
-        self.slots = TenantSlots(client, max_per_tenant)
+        self.tenants = TenantCounts(client, max_per_tenant, self.name)
         self.open: dict[str, Slot] = {}
         self._lock = threading.Lock()
         self._readers = [_Reader(client, f"{self.name}:{i}") for i in range(READERS)]
@@ -211,20 +210,21 @@ class Hub:
             if self._pid != os.getpid():
                 for reader in self._readers:
                     threading.Thread(target=reader.run, name="genq-waiters", daemon=True).start()
-                threading.Thread(target=self._refresh, name="genq-waiter-leases", daemon=True).start()
+                threading.Thread(target=self._sync, name="genq-waiter-counts", daemon=True).start()
                 self._pid = os.getpid()
 
-    def _refresh(self) -> None:
+    def _sync(self) -> None:
         while True:
-            time.sleep(REFRESH_S)
+            time.sleep(SYNC_S)
             try:
-                self.slots.renew([(s.tenant, s.token) for s in list(self.open.values())])
-            except redis.RedisError as exc:
-                log.warning("waiter leases: %s", exc)
+                self.tenants.sync()
+            except redis.RedisError as exc:  # the counts stay as they were until Redis is back
+                log.warning("waiter counts: %s", exc)
 
     # --- caps ---------------------------------------------------------------
     def open_slot(self, tenant: str) -> Slot:
         """Count a new waiter, or raise 503/429 past the process's or the tenant's cap."""
+        self._start()  # the counts' sync runs from the first waiter on
         token = uuid.uuid4().hex
         with self._lock:
             if len(self.open) >= self.max_per_process:
@@ -235,28 +235,21 @@ class Hub:
                     "(GENQ_MAX_WAITERS_PER_PROCESS); retry shortly",
                     headers={"Retry-After": "1"},
                 )
+            if not self.tenants.admit(tenant):
+                raise ApiError(
+                    429,
+                    ErrorCode.TOO_MANY_WAITERS,
+                    f"tenant {tenant!r} already holds {self.tenants.cap} open streams and long polls "
+                    "(GENQ_MAX_WAITERS_PER_TENANT); close one, or poll without ?wait=",
+                    headers={"Retry-After": "1"},
+                )
             slot = self.open[token] = Slot(self, tenant, token)
-        try:
-            admitted = self.slots.acquire(tenant, token)
-        except BaseException:
-            slot.release()
-            raise
-        if not admitted:
-            slot.release()
-            raise ApiError(
-                429,
-                ErrorCode.TOO_MANY_WAITERS,
-                f"tenant {tenant!r} already holds {self.slots.cap} open streams and long polls "
-                "(GENQ_MAX_WAITERS_PER_TENANT); close one or poll without ?wait=",
-                headers={"Retry-After": "1"},
-            )
         return slot
 
     def _release(self, slot: Slot) -> None:
         with self._lock:
-            self.open.pop(slot.token, None)
-        with contextlib.suppress(redis.RedisError):  # its lease lapses on its own
-            self.slots.release(slot.tenant, slot.token)
+            if self.open.pop(slot.token, None) is not None:
+                self.tenants.drop(slot.tenant)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:

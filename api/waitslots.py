@@ -1,13 +1,17 @@
-"""Per-tenant caps on open streams and long polls, counted in Redis across every API process.
+"""Per-tenant caps on open streams and long polls, counted across every API process.
 
-Each open waiter is a member of its tenant's zset, scored by when its lease lapses: the process
-that holds it renews the lease, so the waiters of a process that died stop counting on their own.
+Each process counts its own waiters exactly and publishes the counts to one Redis hash every
+SYNC_S seconds, reading the other processes' counts back in the same round trip. Admitting a
+waiter therefore costs no Redis call; across processes the cap holds to within one SYNC_S of
+arrivals. A process that dies stops counting once its figures are STALE_S old.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -20,56 +24,63 @@ from shared import keys
 if TYPE_CHECKING:
     from api.waiters import Hub
 
-LEASE_S = 30  # seconds a waiter counts without its process renewing it
-
-# Drop lapsed members, refuse past the cap, else add this waiter. ARGV: token, now, lease end, cap, tenant.
-ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-local cap = tonumber(ARGV[4])
-if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('EXPIRE', KEYS[1], 2 * tonumber(ARGV[6]))
-redis.call('SADD', KEYS[2], ARGV[5])
-return 1
-"""
+SYNC_S = 2.0  # seconds between exchanges of counts with the other API processes
+STALE_S = 10.0  # seconds after which a process's published count no longer counts (it died)
 
 
-class TenantSlots:
-    """Count each tenant's open waiters in Redis and refuse one past GENQ_MAX_WAITERS_PER_TENANT."""
+class TenantCounts:
+    """Open waiters per tenant: this process's exactly, the others' as last published."""
 
-    def __init__(self, client: redis.Redis, cap: int) -> None:
+    def __init__(self, client: redis.Redis, cap: int, process: str) -> None:
         self.r = client
         self.cap = cap
-        self._acquire = client.register_script(ACQUIRE)
+        self.process = process
+        self.local: Counter[str] = Counter()
+        self.others: Counter[str] = Counter()  # every other process's waiters, as of the last sync
+        self.totals: dict[str, int] = {}  # all processes', as of the last sync (for /metrics)
+        self._lock = threading.Lock()
 
-    def acquire(self, tenant: str, token: str) -> bool:
-        """Count a waiter for the tenant; False when it already holds `cap` of them."""
+    def admit(self, tenant: str) -> bool:
+        """Count one more waiter for the tenant; False when that would pass the cap."""
+        with self._lock:
+            if self.cap and self.local[tenant] + self.others[tenant] >= self.cap:
+                return False
+            self.local[tenant] += 1
+            return True
+
+    def drop(self, tenant: str) -> None:
+        """Count one waiter fewer (its zero is published at the next sync, then forgotten)."""
+        with self._lock:
+            self.local[tenant] -= 1
+
+    def sync(self) -> None:
+        """Publish this process's counts and read everyone's (one round trip)."""
         now = time.time()
-        args = [token, repr(now), repr(now + LEASE_S), self.cap, tenant, LEASE_S]
-        return bool(self._acquire(keys=[keys.waiters(tenant), keys.WAITER_TENANTS], args=args))
-
-    def release(self, tenant: str, token: str) -> None:
-        """Stop counting a waiter."""
-        self.r.zrem(keys.waiters(tenant), token)
-
-    def renew(self, held: list[tuple[str, str]]) -> None:
-        """Extend the leases of this process's open waiters (one round trip)."""
-        if not held:
-            return
-        until = time.time() + LEASE_S
+        with self._lock:
+            mine = {f"{t}|{self.process}": f"{n} {now!r}" for t, n in self.local.items()}
+            for tenant in [t for t, n in self.local.items() if n <= 0]:
+                del self.local[tenant]
         pipe = self.r.pipeline(transaction=False)
-        for tenant, token in held:
-            pipe.zadd(keys.waiters(tenant), {token: until}, xx=True)
-            pipe.expire(keys.waiters(tenant), 2 * LEASE_S)
-        pipe.execute()
-
-    def counts(self) -> dict[str, int]:
-        """Return each tenant's open waiters across all API processes."""
-        tenants = sorted(self.r.smembers(keys.WAITER_TENANTS))
-        pipe = self.r.pipeline(transaction=False)
-        for tenant in tenants:
-            pipe.zcount(keys.waiters(tenant), repr(time.time()), "+inf")
-        return dict(zip(tenants, pipe.execute(), strict=True))
+        if mine:
+            pipe.hset(keys.WAITERS, mapping=mine)
+        pipe.hgetall(keys.WAITERS)
+        published = pipe.execute()[-1]
+        others: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
+        stale = []
+        for field, value in published.items():
+            tenant, _, process = field.rpartition("|")
+            count, _, stamp = value.partition(" ")
+            if now - float(stamp) > STALE_S:
+                stale.append(field)
+                continue
+            totals[tenant] += int(count)
+            if process != self.process:
+                others[tenant] += int(count)
+        if stale:
+            self.r.hdel(keys.WAITERS, *stale)
+        with self._lock:
+            self.others, self.totals = others, dict(totals)
 
 
 class WaiterCollector(Collector):
@@ -79,20 +90,19 @@ class WaiterCollector(Collector):
         self.hub = hub
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Read the figures at scrape time."""
-        pid = str(os.getpid())
+        """Report the figures (no Redis call: the tenants' come from the last sync)."""
         process = GaugeMetricFamily(
             "genq_api_open_waiters", "Open streams and long polls held by this API process", labels=["pid"]
         )
-        process.add_metric([pid], len(self.hub.open))
+        process.add_metric([str(os.getpid())], len(self.hub.open))
         yield process
         limit = GaugeMetricFamily("genq_api_waiters_limit", "Open-waiter caps, 0: none", labels=["scope"])
         limit.add_metric(["process"], self.hub.max_per_process)
-        limit.add_metric(["tenant"], self.hub.slots.cap)
+        limit.add_metric(["tenant"], self.hub.tenants.cap)
         yield limit
         tenants = GaugeMetricFamily(
             "genq_open_waiters", "Open streams and long polls per tenant, all processes", labels=["tenant"]
         )
-        for tenant, count in self.hub.slots.counts().items():
+        for tenant, count in sorted(self.hub.tenants.totals.items()):
             tenants.add_metric([tenant], count)
         yield tenants

@@ -66,12 +66,7 @@ def batch_items(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:items"
 
 
-WAITER_TENANTS = f"{PREFIX}:waiters:tenants"  # set: tenants that have held an open stream or long poll
-
-
-def waiters(tenant: str) -> str:
-    """Return the zset of a tenant's open streams and long polls: waiter token → lease expiry (Unix s)."""
-    return f"{PREFIX}:waiters:{tenant}"
+WAITERS = f"{PREFIX}:waiters"  # hash: 'tenant|api process' → 'open waiters, Unix s when published'
 
 
 def waiter_wake(reader: str) -> str:
