@@ -25,7 +25,7 @@ import redis
 from flask import g, has_request_context, request
 
 from api.errors import ApiError
-from api.waitslots import SYNC_S, TenantCounts
+from api.waitslots import SYNC_S, Guarded, Slot, TenantCounts
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT
 from shared.schemas import ErrorCode
@@ -158,38 +158,6 @@ def request_socket() -> Any:
     return request.environ.get("gunicorn.socket") if has_request_context() else None
 
 
-class Slot:
-    """One open waiter, counted against its process's and its tenant's caps until released."""
-
-    def __init__(self, hub: Hub, tenant: str, token: str) -> None:
-        self.hub, self.tenant, self.token = hub, tenant, token
-        self._held = True
-
-    def release(self) -> None:
-        """Free the slot (idempotent)."""
-        if self._held:
-            self._held = False
-            self.hub._release(self)
-
-
-class _Guarded:
-    """A response body that releases its waiter's slot when the server closes it."""
-
-    def __init__(self, body: Iterable[str], slot: Slot) -> None:
-        self.body, self.slot = body, slot
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.slot.release()
-
-
 class Hub:
     """The process's waiters: its readers, its count of open waiters, and the tenant caps."""
 
@@ -243,7 +211,7 @@ class Hub:
                     "(GENQ_MAX_WAITERS_PER_TENANT); close one, or poll without ?wait=",
                     headers={"Retry-After": "1"},
                 )
-            slot = self.open[token] = Slot(self, tenant, token)
+            slot = self.open[token] = Slot(self._release, tenant, token)
         return slot
 
     def _release(self, slot: Slot) -> None:
@@ -265,9 +233,9 @@ class Hub:
             g.genq_waiting = False
             slot.release()
 
-    def guard(self, body: Iterable[str], slot: Slot) -> _Guarded:
+    def guard(self, body: Iterable[str], slot: Slot) -> Guarded:
         """Wrap a streamed response body so that closing it frees its waiter's slot."""
-        return _Guarded(body, slot)
+        return Guarded(body, slot)
 
     # --- waiting ------------------------------------------------------------
     @contextlib.contextmanager

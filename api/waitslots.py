@@ -1,4 +1,4 @@
-"""Per-tenant caps on open streams and long polls, counted across every API process.
+"""Counting open streams and long polls: per-tenant caps across every API process, and their slots.
 
 Each process counts its own waiters exactly and publishes the counts to one Redis hash every
 SYNC_S seconds, reading the other processes' counts back in the same round trip. Admitting a
@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import redis
@@ -81,6 +81,38 @@ class TenantCounts:
             self.r.hdel(keys.WAITERS, *stale)
         with self._lock:
             self.others, self.totals = others, dict(totals)
+
+
+class Slot:
+    """One open waiter, counted against its process's and its tenant's caps until released."""
+
+    def __init__(self, release: Callable[[Slot], None], tenant: str, token: str) -> None:
+        self._release, self.tenant, self.token = release, tenant, token
+        self._held = True
+
+    def release(self) -> None:
+        """Free the slot (idempotent)."""
+        if self._held:
+            self._held = False
+            self._release(self)
+
+
+class Guarded:
+    """A response body that releases its waiter's slot when the server closes it."""
+
+    def __init__(self, body: Iterable[str], slot: Slot) -> None:
+        self.body, self.slot = body, slot
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.slot.release()
 
 
 class WaiterCollector(Collector):
