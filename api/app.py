@@ -17,6 +17,7 @@ from shared.jobstore import JobStore
 from shared.logs import setup_logging
 from shared.redisconn import connect
 from shared.settings import Settings
+from shared.waitstore import WaitStore
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url, settings.redis_sentinel_master, max_connections=settings.api_redis_connections
     )
     store = JobStore(client, settings.result_ttl)
-    hub = Hub(client, settings.max_waiters_per_process, settings.max_waiters_per_tenant)
+    hub = Hub(WaitStore(client), settings.max_waiters_per_process, settings.max_waiters_per_tenant)
     store.ended_waiter = hub.wait_ended  # long polls share the process's readers (api/waiters.py)
     celery = make_celery(settings)
     app.extensions["genq"] = {"settings": settings, "store": store, "celery": celery, "waiters": hub}

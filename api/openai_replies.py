@@ -26,7 +26,7 @@ from api.openai_schemas import (
     OpenAIError,
     OpenAIErrorResponse,
 )
-from api.waiters import CHECK_S, Hub, client_gone
+from api.waiters import Hub
 from shared import keys
 from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
@@ -210,9 +210,11 @@ def _events(store: JobStore, hub: Hub, job_ids: list[str], sock: Any) -> Iterato
     streams = {keys.events(j): i for i, j in enumerate(job_ids)}
     open_keys = set(streams)
     idle_since = time.monotonic()
-    with hub.subscribe(dict.fromkeys(streams, "0-0")) as sub:
+    with hub.subscribe(dict.fromkeys(streams, "0-0"), sock) as sub:
         while open_keys:
-            got = sub.get(CHECK_S)
+            got = sub.get(max(0.0, idle_since + KEEPALIVE_S - time.monotonic()))
+            if sub.gone:
+                return
             for key, _, fields in got:
                 if key not in open_keys:
                     continue
@@ -221,8 +223,6 @@ def _events(store: JobStore, hub: Hub, job_ids: list[str], sock: Any) -> Iterato
                     open_keys.discard(key)
             if got:
                 idle_since = time.monotonic()
-            elif client_gone(sock):
-                return
             elif time.monotonic() - idle_since >= KEEPALIVE_S:
                 idle_since = time.monotonic()
                 for key in sorted(open_keys):  # a stream that expired before its record ends like job_events

@@ -9,12 +9,10 @@ from typing import Any
 
 import redis
 
-from api.waiters import CHECK_S, Hub, client_gone
+from api.waiters import KEEPALIVE_S, Hub
 from shared import keys
 from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, Status
-
-KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
 
 
 def sse(event: str, data: object) -> str:
@@ -26,13 +24,15 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
     """Yield a job's events from its first token (late clients catch up), ending with done.
 
     The process's shared readers deliver the events; a client that hangs up (its socket `sock`
-    reads EOF) ends the stream within CHECK_S seconds.
+    reads EOF) ends the stream within a second or so (api/waiters.py CHECK_S).
     """
     try:
-        with hub.subscribe({keys.events(job_id): "0-0"}) as sub:
+        with hub.subscribe({keys.events(job_id): "0-0"}, sock) as sub:
             quiet_since = time.monotonic()
             while True:
-                got = sub.get(CHECK_S)
+                got = sub.get(max(0.0, quiet_since + KEEPALIVE_S - time.monotonic()))
+                if sub.gone:
+                    return
                 for _, _, event in got:
                     kind = event.get("type")
                     if kind == EVENT_TOKEN:
@@ -46,8 +46,6 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
                         return
                 if got:
                     quiet_since = time.monotonic()
-                elif client_gone(sock):
-                    return
                 elif time.monotonic() - quiet_since >= KEEPALIVE_S:
                     job = store.get(job_id)
                     if job is None or job.status.is_terminal:  # the stream expired before the record

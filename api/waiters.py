@@ -3,7 +3,8 @@
 A waiter subscribes to the streams it waits on (a job's `ended` entry, or its events). Each of a
 few reader threads (greenlets under gevent) blocks in ONE XREAD over every stream its waiters
 watch and hands each entry to them; a waiter arriving re-arms that XREAD through the reader's own
-wake stream. So a waiting client costs a queue and a socket, never a Redis connection.
+wake stream. One watchdog per process notices clients that hang up. So a waiting client costs a
+queue and a socket, never a Redis connection nor a timer of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import select
 import socket
 import threading
@@ -25,132 +25,49 @@ import redis
 from flask import g, has_request_context, request
 
 from api.errors import ApiError
+from api.waitreaders import READERS, Reader, Subscription
 from api.waitslots import SYNC_S, Guarded, Slot, TenantCounts
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT
 from shared.schemas import ErrorCode
+from shared.waitstore import WaitStore
 
-READERS = 4  # reader threads per API process; each holds one Redis connection while it blocks
-BLOCK_MS = 5000  # longest XREAD BLOCK of a reader, in milliseconds
-COUNT = 512  # most entries one XREAD returns per stream
-CHECK_S = 1.0  # seconds between checks that a waiting client is still connected
-RETRY_S = 1.0  # seconds a reader pauses after a Redis error
-WAKE_MAXLEN = 16  # entries kept in a reader's wake stream
-WAKE_TTL_S = 3600  # seconds a dead process's wake stream outlives it
+CHECK_S = 1.0  # seconds between the watchdog's checks that waiting clients are still connected
+KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
 
+try:  # the real poll(2): a non-blocking check of thousands of sockets in one call, even under gevent
+    from gevent.monkey import get_original
+
+    _poll = get_original("select", "poll")
+except ImportError:  # pragma: no cover - gevent is a dependency; threads need no original
+    _poll = select.poll
+
+_CLOSED = select.POLLHUP | select.POLLERR | select.POLLNVAL
 log = logging.getLogger(__name__)
-Entry = tuple[str, str, dict[str, str]]  # stream key, entry id, fields
 
 
-def _order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-class Subscription:
-    """One waiter's streams: the readers queue each entry after the ids it started from."""
-
-    def __init__(self, after: Mapping[str, str]) -> None:
-        self.seen = dict(after)  # key -> last id handed over; written only by that key's reader
-        self._queue: queue.Queue[list[Entry]] = queue.Queue()
-
-    def deliver(self, key: str, entries: list[tuple[str, dict[str, str]]]) -> None:
-        """Queue the entries newer than what this waiter has seen (called by a reader)."""
-        last = _order(self.seen[key])
-        newer = [(key, i, f) for i, f in entries if _order(i) > last]
-        if newer:
-            self.seen[key] = newer[-1][1]
-            self._queue.put(newer)
-
-    def get(self, timeout_s: float) -> list[Entry]:
-        """Return the entries that arrived, waiting up to timeout_s for the first; [] if none."""
-        try:
-            got = self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            return []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                got.extend(self._queue.get_nowait())
-        return got
-
-
-class _Reader:
-    """One thread that blocks in a single XREAD over all the streams its waiters watch."""
-
-    def __init__(self, client: redis.Redis, name: str) -> None:
-        self.r = client
-        self.wake = keys.waiter_wake(name)
-        self.wake_last = "0-0"
-        self.subs: dict[str, set[Subscription]] = {}
-        self.lock = threading.Lock()
-        self.armed = False  # an XREAD is (about to be) in flight over the current keys
-        self.wake_sent = False  # a wake was written since that XREAD was armed
-        self.has_keys = threading.Event()
-
-    def add(self, key: str, sub: Subscription) -> None:
-        """Watch one more stream for a waiter; re-arm the XREAD when one is in flight."""
-        with self.lock:
-            self.subs.setdefault(key, set()).add(sub)
-            wake = self.armed and not self.wake_sent
-            self.wake_sent = self.wake_sent or wake
-        self.has_keys.set()
-        if wake:  # one wake per arming however many waiters arrive meanwhile
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xadd(self.wake, {"w": "1"}, maxlen=WAKE_MAXLEN, approximate=True)
-            pipe.expire(self.wake, WAKE_TTL_S)
-            pipe.execute()
-
-    def remove(self, key: str, sub: Subscription) -> None:
-        """Stop handing a stream's entries to a waiter (its key leaves the XREAD at the next arming)."""
-        with self.lock:
-            subs = self.subs.get(key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self.subs[key]
-
-    def _arm(self) -> dict[str, str]:
-        self.has_keys.clear()
-        with self.lock:
-            streams = {k: min((s.seen[k] for s in subs), key=_order) for k, subs in self.subs.items()}
-            self.armed, self.wake_sent = bool(streams), False
-        return streams
-
-    def run(self) -> None:
-        """Read forever: arm, block, hand the entries out."""
-        while True:
-            streams = self._arm()
-            if not streams:
-                self.has_keys.wait(BLOCK_MS / 1000)
-                continue
-            streams[self.wake] = self.wake_last
-            try:
-                reply = self.r.xread(streams, count=COUNT, block=BLOCK_MS)
-            except redis.RedisError as exc:  # waiters notice through their own checks
-                log.warning("waiter reader: %s", exc)
-                time.sleep(RETRY_S)
-                continue
-            for key, entries in reply or []:
-                if key == self.wake:
-                    self.wake_last = entries[-1][0]
-                    continue
-                with self.lock:
-                    subs = list(self.subs.get(key, ()))
-                for sub in subs:
-                    sub.deliver(key, entries)
-
-
-def client_gone(sock: Any) -> bool:
-    """Return True when the client's socket has been closed by its peer (EOF waiting to be read)."""
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except ValueError:  # a TLS socket can't peek; the next write will tell
-        return False
-    except OSError:
-        return True
+def hung_up(clients: list[tuple[Subscription, Any]]) -> list[Subscription]:
+    """Return the subscriptions whose client socket was closed by its peer: one poll(2) for all."""
+    poller, by_fd, gone = _poll(), {}, []
+    for sub, sock in clients:
+        fd = sock.fileno()
+        if fd < 0:  # the server already closed it
+            gone.append(sub)
+        elif fd not in by_fd:
+            by_fd[fd] = (sock, [sub])
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+        else:
+            by_fd[fd][1].append(sub)
+    for fd, events in poller.poll(0):
+        sock, subs = by_fd[fd]
+        try:  # readable: EOF (gone) or the client's next request (still there)
+            if events & _CLOSED or not sock.recv(1, socket.MSG_PEEK):
+                gone += subs
+        except ValueError:  # a TLS socket can't peek; its next write will tell
+            pass
+        except OSError:
+            gone += subs
+    return gone
 
 
 def request_socket() -> Any:
@@ -161,14 +78,14 @@ def request_socket() -> Any:
 class Hub:
     """The process's waiters: its readers, its count of open waiters, and the tenant caps."""
 
-    def __init__(self, client: redis.Redis, max_per_process: int, max_per_tenant: int) -> None:
-        self.r = client
+    def __init__(self, waits: WaitStore, max_per_process: int, max_per_tenant: int) -> None:
         self.name = uuid.uuid4().hex
         self.max_per_process = max_per_process
-        self.tenants = TenantCounts(client, max_per_tenant, self.name)
+        self.tenants = TenantCounts(waits, max_per_tenant, self.name)
         self.open: dict[str, Slot] = {}
+        self._clients: dict[Subscription, Any] = {}  # waiter -> its client's socket
         self._lock = threading.Lock()
-        self._readers = [_Reader(client, f"{self.name}:{i}") for i in range(READERS)]
+        self._readers = [Reader(waits, f"{self.name}:{i}") for i in range(READERS)]
         self._pid = 0  # the process whose threads run (gunicorn forks after a preload)
 
     def _start(self) -> None:
@@ -179,6 +96,7 @@ class Hub:
                 for reader in self._readers:
                     threading.Thread(target=reader.run, name="genq-waiters", daemon=True).start()
                 threading.Thread(target=self._sync, name="genq-waiter-counts", daemon=True).start()
+                threading.Thread(target=self._watch, name="genq-waiter-watchdog", daemon=True).start()
                 self._pid = os.getpid()
 
     def _sync(self) -> None:
@@ -188,6 +106,17 @@ class Hub:
                 self.tenants.sync()
             except redis.RedisError as exc:  # the counts stay as they were until Redis is back
                 log.warning("waiter counts: %s", exc)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(CHECK_S)
+            with self._lock:
+                clients = list(self._clients.items())
+            try:
+                for sub in hung_up(clients):
+                    sub.hang_up()
+            except Exception:  # never let one odd socket stop the watchdog
+                log.exception("waiter watchdog")
 
     # --- caps ---------------------------------------------------------------
     def open_slot(self, tenant: str) -> Slot:
@@ -239,11 +168,17 @@ class Hub:
 
     # --- waiting ------------------------------------------------------------
     @contextlib.contextmanager
-    def subscribe(self, after: Mapping[str, str]) -> Iterator[Subscription]:
-        """Receive the entries of these streams after these ids while the block runs."""
+    def subscribe(self, after: Mapping[str, str], sock: Any = None) -> Iterator[Subscription]:
+        """Receive the entries of these streams after these ids while the block runs.
+
+        With the client's socket, the subscription is marked gone (and woken) when the client hangs up.
+        """
         self._start()
         sub = Subscription(after)
         chosen = [(self._readers[zlib.crc32(k.encode()) % len(self._readers)], k) for k in after]
+        if sock is not None:
+            with self._lock:
+                self._clients[sub] = sock
         try:
             for reader, key in chosen:
                 reader.add(key, sub)
@@ -251,13 +186,14 @@ class Hub:
         finally:
             for reader, key in chosen:
                 reader.remove(key, sub)
+            with self._lock:
+                self._clients.pop(sub, None)
 
     def wait_ended(self, job_id: str, timeout_s: float) -> None:
         """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up."""
-        sock = request_socket()
         deadline = time.monotonic() + timeout_s
         counted = self.held() if has_request_context() else contextlib.nullcontext()
-        with counted, self.subscribe({keys.ended(job_id): "0-0"}) as sub:
+        with counted, self.subscribe({keys.ended(job_id): "0-0"}, request_socket()) as sub:
             while (left := deadline - time.monotonic()) > 0:
-                if sub.get(min(left, CHECK_S)) or client_gone(sock):
+                if sub.get(left) or sub.gone:
                     return

@@ -15,11 +15,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared import keys
+from shared.waitstore import WaitStore
 
 if TYPE_CHECKING:
     from api.waiters import Hub
@@ -31,8 +30,8 @@ STALE_S = 10.0  # seconds after which a process's published count no longer coun
 class TenantCounts:
     """Open waiters per tenant: this process's exactly, the others' as last published."""
 
-    def __init__(self, client: redis.Redis, cap: int, process: str) -> None:
-        self.r = client
+    def __init__(self, waits: WaitStore, cap: int, process: str) -> None:
+        self.waits = waits
         self.cap = cap
         self.process = process
         self.local: Counter[str] = Counter()
@@ -60,11 +59,7 @@ class TenantCounts:
             mine = {f"{t}|{self.process}": f"{n} {now!r}" for t, n in self.local.items()}
             for tenant in [t for t, n in self.local.items() if n <= 0]:
                 del self.local[tenant]
-        pipe = self.r.pipeline(transaction=False)
-        if mine:
-            pipe.hset(keys.WAITERS, mapping=mine)
-        pipe.hgetall(keys.WAITERS)
-        published = pipe.execute()[-1]
+        published = self.waits.exchange_counts(mine)
         others: Counter[str] = Counter()
         totals: Counter[str] = Counter()
         stale = []
@@ -77,8 +72,7 @@ class TenantCounts:
             totals[tenant] += int(count)
             if process != self.process:
                 others[tenant] += int(count)
-        if stale:
-            self.r.hdel(keys.WAITERS, *stale)
+        self.waits.forget_counts(stale)
         with self._lock:
             self.others, self.totals = others, dict(totals)
 

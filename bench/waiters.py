@@ -14,9 +14,11 @@ import asyncio
 import json
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -85,24 +87,32 @@ def _pct(values: list[float], q: float) -> float:
 
 # --- the prober: its own process, so that the waiters' client loop does not skew its timings -----
 def probe(base: str, seconds: float) -> dict:
-    """Time /healthz and job submissions for `seconds`; return the latencies in seconds."""
-    out: dict[str, list[float]] = {"healthz": [], "submit": [], "errors": []}
+    """Time /healthz and job submissions (each on its own thread) for `seconds`; latencies in s."""
+    out: dict[str, list] = {"healthz": [], "submit": [], "errors": []}
     body = json.dumps({"prompt": "hello", "model": MODEL, "max_new_tokens": 4}).encode()
+    headers = {"Content-Type": "application/json"}
     end = time.monotonic() + seconds
-    next_submit = time.monotonic()
-    while time.monotonic() < end:
-        out["healthz"].append(_timed(urllib.request.Request(f"{base}/healthz"), 200, out["errors"]))
-        if time.monotonic() >= next_submit:
-            req = urllib.request.Request(
-                f"{base}/v1/jobs", data=body, headers={"Content-Type": "application/json"}
-            )
-            out["submit"].append(_timed(req, 202, out["errors"]))
-            next_submit += SUBMIT_EVERY_S
-        time.sleep(HEALTH_EVERY_S)
+
+    def loop(name: str, make: Any, expected: int, every_s: float) -> None:
+        while time.monotonic() < end:
+            out[name].append(_timed(make(), expected, out["errors"]))
+            time.sleep(every_s)
+
+    threads = [
+        threading.Thread(target=loop, args=("healthz", lambda: f"{base}/healthz", 200, HEALTH_EVERY_S)),
+        threading.Thread(
+            target=loop,
+            args=("submit", lambda: urllib.request.Request(f"{base}/v1/jobs", body, headers), 202, SUBMIT_EVERY_S),
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return out
 
 
-def _timed(req: urllib.request.Request, expected: int, errors: list) -> float:
+def _timed(req: urllib.request.Request | str, expected: int, errors: list) -> float:
     t0 = time.monotonic()
     try:
         with urllib.request.urlopen(req, timeout=PROBE_TIMEOUT_S) as resp:
@@ -138,6 +148,15 @@ async def _stream(base: str, job_id: str, gate: asyncio.Semaphore, ended: list[f
         ended.append(time.monotonic())
 
 
+def _interleave(polls: list[str], streams: list[str]) -> list[tuple[str, Any]]:
+    """Return (job id, waiter coroutine) pairs alternating long polls and streams."""
+    out: list[tuple[str, Any]] = []
+    for i in range(max(len(polls), len(streams))):
+        out += [(polls[i], _poll)] if i < len(polls) else []
+        out += [(streams[i], _stream)] if i < len(streams) else []
+    return out
+
+
 def _open_count(r: redis.Redis) -> int:
     return sum(int(v.split()[0]) for v in r.hgetall(keys.WAITERS).values())
 
@@ -158,8 +177,11 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
     rss_before = api_rss(api_pid)
     gate, ended = asyncio.Semaphore(CONNECT_AT_ONCE), []
     t0 = time.monotonic()
-    tasks = [asyncio.create_task(_poll(base, j, gate, ended)) for j in polls]
-    tasks += [asyncio.create_task(_stream(base, j, gate, ended)) for j in streams]
+    tasks = []
+    # Clients arrive at --open-rate a second, streams and polls interleaved, as users would.
+    for i, (job_id, waiter) in enumerate(_interleave(polls, streams)):
+        tasks.append(asyncio.create_task(waiter(base, job_id, gate, ended)))
+        await asyncio.sleep(max(0.0, t0 + (i + 1) / args.open_rate - time.monotonic()))
     held, grew_at = 0, time.monotonic()
     # Until all are held, or the count stalls (the thread model holds only as many as its threads).
     while held < total and time.monotonic() - t0 < OPEN_TIMEOUT_S and time.monotonic() - grew_at < STALL_S:
@@ -234,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, default=5000)
     p.add_argument("--polls", type=int, default=5000)
+    p.add_argument("--open-rate", type=float, default=200.0, help="new waiting clients a second")
     p.add_argument("--hold-s", type=float, default=20.0, help="seconds the prober runs while all are open")
     p.add_argument("--models", default="gevent,gthread", help="worker classes to compare, comma-separated")
     p.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the prober child

@@ -132,6 +132,10 @@ def test_a_tenant_past_its_cap_gets_429_and_a_hang_up_frees_its_waiter(
         ids = _queued_jobs(store, 3)
 
         async def run() -> None:
+            # A client that sends half its headers and stalls is dropped after the header timeout.
+            slow_reader, slow_writer = await waitclient.connect(base)
+            slow_writer.write(b"GET /healthz HTTP/1.1\r\nHost: gen")
+            await slow_writer.drain()
             held = []
             for path in (
                 f"/v1/jobs/{ids[0]}?wait=60",
@@ -160,7 +164,27 @@ def test_a_tenant_past_its_cap_gets_429_and_a_hang_up_frees_its_waiter(
             await loop.run_in_executor(None, _finish, store, ids[:1])
             ended = await asyncio.wait_for(task, 30)
             assert ended.status == 200 and ended.json()["status"] == "succeeded"
+            assert await asyncio.wait_for(slow_reader.read(), 30) == b""  # closed, nothing answered
 
         asyncio.run(run())
     finally:
         proc.stop()
+
+
+def test_a_process_past_its_waiter_cap_answers_503(settings: Settings, store: JobStore) -> None:
+    from api.app import create_app
+
+    app = create_app(settings.model_copy(update={"max_waiters_per_process": 1}))
+    http = app.test_client()
+    job_id = _queued_jobs(store, 1)[0]
+    first = http.get(f"/v1/jobs/{job_id}/stream", buffered=False)  # held open until closed
+    assert first.status_code == 200
+    refused = http.get(f"/v1/jobs/{job_id}?wait=5")
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "too_many_waiters"
+    assert http.get(f"/v1/jobs/{job_id}").status_code == 200  # not waiting: not counted
+    first.close()  # the server closes the body: its slot is free again
+    again = http.get(f"/v1/jobs/{job_id}/stream", buffered=False)
+    assert again.status_code == 200
+    _finish(store, [job_id])
+    assert b"event: done" in b"".join(again.response)
+    again.close()
