@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,12 @@ def probe(base: str, seconds: float) -> dict:
             out[name].append(_timed(make(), expected, out["errors"]))
             time.sleep(every_s)
 
+    def submission() -> urllib.request.Request:
+        return urllib.request.Request(f"{base}/v1/jobs", body, headers)
+
     threads = [
         threading.Thread(target=loop, args=("healthz", lambda: f"{base}/healthz", 200, HEALTH_EVERY_S)),
-        threading.Thread(
-            target=loop,
-            args=("submit", lambda: urllib.request.Request(f"{base}/v1/jobs", body, headers), 202, SUBMIT_EVERY_S),
-        ),
+        threading.Thread(target=loop, args=("submit", submission, 202, SUBMIT_EVERY_S)),
     ]
     for thread in threads:
         thread.start()
@@ -144,8 +145,9 @@ async def _stream(base: str, job_id: str, gate: asyncio.Semaphore, ended: list[f
         reader, writer = await waitclient.connect(base)
         await waitclient.send(writer, "GET", f"/v1/jobs/{job_id}/stream")
     reply = await waitclient.receive(reader, writer)
-    if "event: done" in reply.body:
-        ended.append(time.monotonic())
+    if "event: done" not in reply.body:
+        raise BenchError(f"a stream ended without its done event: {reply.status} {reply.body[-200:]!r}")
+    ended.append(time.monotonic())
 
 
 def _interleave(polls: list[str], streams: list[str]) -> list[tuple[str, Any]]:
@@ -202,6 +204,7 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
     done, _ = await asyncio.wait(tasks, timeout=END_TIMEOUT_S)
     for task in tasks:
         task.cancel()
+    failures = Counter(type(t.exception()).__name__ for t in done if t.exception() is not None)
     return {
         "waiters_wanted": total,
         "waiters_held": held,
@@ -218,6 +221,7 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
         "ends_delivered": len(ended),
         "all_ends_s": round(max(ended) - t_end, 1) if len(ended) == total else None,
         "unfinished": total - len(done),
+        "client_errors": dict(failures) or None,
     }
 
 
