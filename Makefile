@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.genq-installed
 
-.PHONY: setup run test test-fast lint format model redis bench clean
+.PHONY: setup run test test-fast lint typecheck format model redis bench clean
 
 setup: $(STAMP) redis
 
@@ -42,9 +42,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy over api/, worker/, shared/ and genq/ (settings: [tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .genq .pytest_cache
+	rm -rf $(VENV) .genq .pytest_cache .mypy_cache

@@ -14,6 +14,7 @@ from flask_limiter import Limiter
 
 from api.errors import ApiError
 from shared.jobstore import DEFAULT_TENANT
+from shared.keys import RATELIMIT
 from shared.redisconn import bounded_pool, is_sentinel, limiter_uri
 from shared.schemas import ErrorCode
 from shared.settings import Settings
@@ -131,5 +132,5 @@ def install_auth(app: Flask, settings: Settings) -> None:
             strategy="fixed-window",  # 2 Redis calls per request; moving windows cost 5-10,
             headers_enabled=False,  # window stats cost several Redis calls per request
             swallow_errors=True,  # Redis down: the routes answer 503 themselves
-            key_prefix="genq:ratelimit",
+            key_prefix=RATELIMIT,
         )

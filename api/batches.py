@@ -7,17 +7,18 @@ import json
 import re
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, Response, request, url_for
 from pydantic import ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import idempotency, openai_batch
+from api import idempotency
+from api.context import Context, current
 from api.errors import ApiError, invalid, validation_details
-from api.routes import json_response, wait_arg
+from api.openai import batch as openai_batch
 from api.submit import QUEUE_FULL_RETRY_S, check_limits, check_webhook, deadline_of
-from shared import keys
+from api.wire import json_response, parse_json, read_upload, wait_arg
 from shared.batchstore import BatchJob, BatchRecord, BatchStore, new_batch_id
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
@@ -37,57 +38,17 @@ from shared.settings import Settings
 batches_bp = Blueprint("batches", __name__)
 
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
-JSONL_TYPES = {
-    "application/x-ndjson",
-    "application/jsonl",
-    "application/x-jsonlines",
-    "application/jsonlines",
-}
 MAX_ERROR_DETAILS = 50  # invalid items named in one 422; the message gives the total
 SUBMIT_GRACE_S = 60  # seconds after which a batch never marked submitted means its request died
-
-
-def _ctx() -> tuple[Settings, JobStore, BatchStore]:
-    ext = current_app.extensions["genq"]
-    return ext["settings"], ext["store"], BatchStore(ext["store"])
 
 
 def _too_large(message: str) -> ApiError:
     return ApiError(413, ErrorCode.BATCH_TOO_LARGE, message)
 
 
-def _read_body(settings: Settings) -> tuple[bytes, bool, dict[str, str]]:
-    """Return the upload, whether it is JSONL, and a multipart upload's other fields (JSON texts)."""
-    request.max_content_length = settings.max_batch_body_bytes  # batches may exceed max_body_bytes
-    try:
-        if request.mimetype == "multipart/form-data":
-            upload = request.files.get("file")
-            if upload is None:
-                raise ApiError(
-                    422,
-                    ErrorCode.VALIDATION_ERROR,
-                    "a multipart batch upload needs a 'file' field holding JSONL",
-                    [ErrorDetail(field="file", message="missing")],
-                )
-            fields = {name: request.form[name] for name in ("metadata", "webhook") if name in request.form}
-            return upload.read(), True, fields
-        return request.get_data(cache=False), request.mimetype in JSONL_TYPES, {}
-    except RequestEntityTooLarge:
-        raise ApiError(
-            413,
-            ErrorCode.BODY_TOO_LARGE,
-            f"batch upload exceeds the limit of {settings.max_batch_body_bytes} bytes",
-        ) from None
-
-
 def _options(fields: dict[str, str]) -> BatchOptions:
     """Parse a multipart upload's metadata and webhook fields, each a JSON text."""
-    data = {}
-    for name, text in fields.items():
-        try:
-            data[name] = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise _malformed(f"the {name!r} field", exc) from None
+    data = {name: parse_json(text, f"the {name!r} field") for name, text in fields.items()}
     try:
         return BatchOptions.model_validate(data)
     except ValidationError as exc:
@@ -101,25 +62,18 @@ def _item(settings: Settings, data: Any) -> BatchItem:
     return BatchItem.model_validate(data)
 
 
-def _malformed(where: str, exc: Exception) -> ApiError:
-    return ApiError(400, ErrorCode.MALFORMED_JSON, f"{where} is not valid JSON: {exc}")
-
-
 def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], BatchOptions, BatchFormat]:
     """Return the labelled items ('requests.3' or 'line 4'), the batch's options and its format."""
-    raw, jsonl, fields = _read_body(settings)
+    upload = read_upload(settings.max_batch_body_bytes)
     limit = settings.max_batch_items
-    if jsonl:
-        options = _options(fields)
-        lines = [(n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+    if upload.jsonl:
+        options = _options(upload.fields)
+        lines = [(n, line) for n, line in enumerate(upload.data.splitlines(), 1) if line.strip()]
         if len(lines) > limit:
             raise _too_large(f"batch has {len(lines)} requests, above the limit of {limit}")
         items, details, formats = [], [], set[BatchFormat]()
         for n, line in lines:
-            try:
-                data = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                raise _malformed(f"line {n}", exc) from None
+            data = parse_json(line, f"line {n}")
             formats.add(BatchFormat.OPENAI if openai_batch.is_openai_line(data) else BatchFormat.GENQ)
             if len(formats) > 1:
                 message = "mixes genq job requests and OpenAI batch lines; use one format per batch"
@@ -140,10 +94,7 @@ def _parse(settings: Settings) -> tuple[list[tuple[str, BatchItem]], BatchOption
         if not items:
             raise ApiError(422, ErrorCode.VALIDATION_ERROR, "the upload holds no requests")
         return items, options, formats.pop()
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise _malformed("request body", exc) from None
+    data = parse_json(upload.data)
     if isinstance(data, dict) and isinstance(data.get("requests"), list) and len(data["requests"]) > limit:
         raise _too_large(f"batch has {len(data['requests'])} requests, above the limit of {limit}")
     try:
@@ -217,49 +168,43 @@ def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
         if store.cancel(job_id) == "cancelled":
-            store.delete(job_id)
-            store.r.zrem(keys.tenant_jobs(tenant), job_id)
+            store.delete(job_id)  # and from its tenant's job list
 
 
 @batches_bp.post("/v1/batches")
 def create_batch() -> Response:
     """Validate every item, store the batch, then submit its jobs at batch priority: 202 with it."""
-    settings, store, batches = _ctx()
-    jobs, options, fmt = parse_batch(settings)
-    tenant = g.tenant
+    ctx = current()
+    jobs, options, fmt = parse_batch(ctx.settings)
     batch_id = new_batch_id()
-    idem_key = idempotency.key_of(tenant, "batches")
-    if idem_key is not None:
-        canonical = {
-            "requests": [[custom_id, job.model_dump(mode="json")] for custom_id, job in jobs],
-            "options": options.model_dump(mode="json"),
-            "format": fmt,
-        }
-        digest = idempotency.fingerprint(json.dumps(canonical, sort_keys=True))
-        earlier = idempotency.claim(store, idem_key, digest, batch_id, settings.idempotency_ttl)
-        if earlier is not None:
-            return _replay(batches, earlier, tenant)
-    try:
-        record = _submit_batch(settings, store, batches, batch_id, jobs, options, fmt, tenant)
-    except Exception:
-        with contextlib.suppress(Exception):
-            idempotency.release(store, idem_key)  # nothing was kept: a retry may succeed
-        raise
-    location = url_for("batches.get_batch", batch_id=batch_id)
-    return json_response(batches.public(record, with_results=False), 202, {"Location": location})
+
+    def canonical() -> str:
+        return json.dumps(
+            {
+                "requests": [[custom_id, job.model_dump(mode="json")] for custom_id, job in jobs],
+                "options": options.model_dump(mode="json"),
+                "format": fmt,
+            },
+            sort_keys=True,
+        )
+
+    def create() -> Response:
+        record = _submit_batch(ctx, batch_id, jobs, options, fmt)
+        location = url_for("batches.get_batch", batch_id=batch_id)
+        return json_response(ctx.batches.public(record, with_results=False), 202, {"Location": location})
+
+    return idempotency.once(ctx, "batches", batch_id, canonical, create, partial(_replay, ctx))
 
 
 def _submit_batch(
-    settings: Settings,
-    store: JobStore,
-    batches: BatchStore,
+    ctx: Context,
     batch_id: str,
     jobs: list[tuple[str, JobCreate]],
     options: BatchOptions,
     fmt: BatchFormat,
-    tenant: str,
 ) -> BatchRecord:
     """Store the batch and its jobs in one step, then enqueue each job; on a failure keep nothing."""
+    settings, store, batches, tenant = ctx.settings, ctx.store, ctx.batches, ctx.tenant
     _never_fits(settings, [job for _, job in jobs])
     new = [BatchJob(custom_id, new_job_id(), job, deadline_of(settings, job)) for custom_id, job in jobs]
     try:
@@ -280,10 +225,11 @@ def _submit_batch(
     except QueueFull as exc:
         n = sum(j.request.model == str(exc) for j in new)
         raise _full(f"model {str(exc)!r}", settings.max_queued, n, ErrorCode.QUEUE_FULL) from None
-    celery = current_app.extensions["genq"]["celery"]
     try:
         for j in new:
-            enqueue(celery, settings.model(j.request.model).queue, j.job_id, j.request.priority)
+            spec = settings.model(j.request.model)
+            assert spec is not None, "check_limits first"
+            enqueue(ctx.celery, spec.queue, j.job_id, j.request.priority)
     except Exception:
         # Only Redis failing midway gets here; a job whose message is lost would still be re-sent
         # by the reconciler, but the client is told "refused", so nothing may run.
@@ -294,20 +240,20 @@ def _submit_batch(
     return record
 
 
-def _replay(batches: BatchStore, batch_id: str, tenant: str) -> Response:
+def _replay(ctx: Context, batch_id: str) -> Response:
     """Answer a repeated Idempotency-Key with the batch the first request created, as it is now."""
-    batch = batches.get(batch_id, tenant)
+    batch = ctx.batches.get(batch_id, ctx.tenant)
     # Not yet marked submitted: its first request is still sending messages (and may yet withdraw
     # it), or died doing so, long ago; then its jobs are all stored and the reconciler sends them.
     if batch is None or (not batch.submitted and time.time() - batch.created_at < SUBMIT_GRACE_S):
         raise idempotency.still_processing()
-    headers = {"Location": url_for("batches.get_batch", batch_id=batch_id), "Idempotent-Replayed": "true"}
-    return json_response(batches.public(batch, with_results=False), 202, headers)
+    headers = {"Location": url_for("batches.get_batch", batch_id=batch_id)}
+    return json_response(ctx.batches.public(batch, with_results=False), 202, headers)
 
 
-def _batch_or_404(batches: BatchStore, batch_id: str) -> BatchRecord:
+def _batch_or_404(ctx: Context, batch_id: str) -> BatchRecord:
     """Return the caller's batch; another tenant's batch is a 404, exactly like an unknown id."""
-    batch = batches.get(batch_id, g.tenant) if BATCH_ID.match(batch_id) else None
+    batch = ctx.batches.get(batch_id, ctx.tenant) if BATCH_ID.match(batch_id) else None
     if batch is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no batch {batch_id!r} (unknown or expired)")
     return batch
@@ -316,9 +262,9 @@ def _batch_or_404(batches: BatchStore, batch_id: str) -> BatchRecord:
 @batches_bp.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
     """Return a batch's counts, and its results once done; ?wait=N blocks up to N seconds for that."""
-    settings, _, batches = _ctx()
-    wait = wait_arg(settings)
-    return json_response(batches.wait(_batch_or_404(batches, batch_id), wait))
+    ctx = current()
+    wait = wait_arg(ctx.settings.max_wait)
+    return json_response(ctx.batches.wait(_batch_or_404(ctx, batch_id), wait))
 
 
 @batches_bp.get("/v1/batches/<batch_id>/results")
@@ -328,8 +274,9 @@ def batch_results(batch_id: str) -> Response:
     ?format=genq gives BatchResult lines, ?format=openai OpenAI batch output lines; the default is
     the format the batch's items came in.
     """
-    _, _, batches = _ctx()
-    batch = _batch_or_404(batches, batch_id)
+    ctx = current()
+    batches = ctx.batches
+    batch = _batch_or_404(ctx, batch_id)
     fmt = _format_arg(batch.format)
     public = batches.public(batch, with_results=False)
     if public.status is BatchStatus.IN_PROGRESS:
@@ -361,8 +308,9 @@ def _format_arg(default: BatchFormat) -> BatchFormat:
 @batches_bp.post("/v1/batches/<batch_id>/cancel")
 def cancel_batch(batch_id: str) -> Response:
     """Cancel every job of the batch that has not ended: 200 when all ended, 202 while running ones stop."""
-    _, _, batches = _ctx()
-    batch = _batch_or_404(batches, batch_id)
+    ctx = current()
+    batches = ctx.batches
+    batch = _batch_or_404(ctx, batch_id)
     if not batch.cancelled and batches.public(batch, with_results=False).status is BatchStatus.COMPLETED:
         raise ApiError(409, ErrorCode.NOT_CANCELLABLE, f"batch {batch_id} has already completed")
     public = batches.public(batches.cancel(batch))

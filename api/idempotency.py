@@ -1,21 +1,55 @@
 """Idempotency-Key: a retried POST answers what the first one created instead of creating it again.
 
 A key is scoped to its tenant and endpoint and bound, for GENQ_IDEMPOTENCY_TTL, to the id it
-created and a fingerprint of the request; the same key with another request is a 409.
+created and a fingerprint of the request; the same key with another request is a 409. Every
+creating route (jobs, batches) goes through `once`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable
 
-from flask import request
+from flask import Response, request
 
+from api.context import Context
 from api.errors import ApiError, invalid
 from shared.jobstore import JobStore
 from shared.schemas import ErrorCode
 
 HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"  # set to "true" on an answer repeated for a key
 MAX_KEY_CHARS = 255
+
+
+def once(
+    ctx: Context,
+    endpoint: str,
+    new_id: str,
+    canonical: Callable[[], str],
+    create: Callable[[], Response],
+    replay: Callable[[str], Response],
+) -> Response:
+    """Answer create() once per key; a repeat gets replay(first id), a refused create frees the key.
+
+    canonical() serializes the checked request (computed only when a key is sent); new_id is
+    the id create() will use.
+    """
+    key = key_of(ctx.tenant, endpoint)
+    if key is None:
+        return create()
+    earlier = claim(ctx.store, key, fingerprint(canonical()), new_id, ctx.settings.idempotency_ttl)
+    if earlier is not None:
+        resp = replay(earlier)
+        resp.headers[REPLAYED] = "true"
+        return resp
+    try:
+        return create()
+    except Exception:
+        with contextlib.suppress(Exception):
+            release(ctx.store, key)  # nothing was kept: a retry may succeed
+        raise
 
 
 def key_of(tenant: str, endpoint: str) -> str | None:

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app
 from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api.context import Context
 from api.waitslots import WaiterCollector
 from shared.metrics import GenqCollector
 
@@ -15,10 +16,10 @@ metrics_bp = Blueprint("metrics", __name__)
 @metrics_bp.record_once
 def _install(state: BlueprintSetupState) -> None:
     """Give each app its own registry (never the global default), reading that app's store."""
-    ext = state.app.extensions["genq"]
+    ctx = Context.of(state.app)
     registry = CollectorRegistry(auto_describe=False)  # no Redis call at start-up
-    registry.register(GenqCollector(ext["store"], ext["settings"]))
-    registry.register(WaiterCollector(ext["waiters"]))
+    registry.register(GenqCollector(ctx.store, ctx.settings))
+    registry.register(WaiterCollector(ctx.waiters))
     state.app.extensions["genq_metrics"] = registry
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from api.openai_openapi import OPENAPI_MODELS, openapi_paths
+from api.openai.openapi import OPENAPI_MODELS, openapi_paths
 from shared.schemas import (
     BatchCreate,
     BatchPublic,

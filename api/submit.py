@@ -19,7 +19,7 @@ from shared.schemas import ErrorCode, JobCreate, JobPublic, Webhook
 from shared.settings import Settings
 from shared.webhooks import RefusedURL, resolve
 
-QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds (as api/routes.py)
+QUEUE_FULL_RETRY_S = 5  # what a 429 tells clients to wait, in seconds (as api/errors.py RETRY_AFTER_S)
 
 
 def check_limits(settings: Settings, job: JobCreate) -> JobCreate:

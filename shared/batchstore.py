@@ -10,8 +10,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from shared import keys, scripts
-from shared.jobstore import JobStore, QueueFull, TenantQueueFull, flatten, job_record
+from shared import keys, transitions
+from shared.jobstore import JobStore, QueueFull, TenantQueueFull
+from shared.records import JobRecord, flat
 from shared.schemas import (
     BatchCounts,
     BatchFormat,
@@ -74,7 +75,7 @@ class BatchStore:
     def __init__(self, jobs: JobStore) -> None:
         self.jobs = jobs
         self.r = jobs.r
-        self._create = self.r.register_script(scripts.CREATE_BATCH)
+        self._create = self.r.register_script(transitions.CREATE_BATCH)
 
     def create(
         self,
@@ -102,10 +103,12 @@ class BatchStore:
         models = Counter(str(j.request.model) for j in jobs)
         args: list[Any] = [repr(now), self.jobs.ttl_s, max_queued, max_tenant_queued, tenant, len(models)]
         args += [x for kv in models.items() for x in kv]
-        args += [len(record) * 2, *flatten(record)]
+        args += [len(record) * 2, *flat(record)]
         args += [len(jobs), *(json.dumps([j.custom_id, j.job_id]) for j in jobs)]
         for j in jobs:
-            fields = flatten(job_record(str(j.request.model), j.request, now, j.deadline, tenant, batch_id))
+            fields = JobRecord.new(
+                j.job_id, str(j.request.model), j.request, now, j.deadline, tenant, batch_id
+            ).pairs()
             args += [j.job_id, j.request.model, len(fields), *fields]
         done = self._create(keys=[keys.batch(batch_id), keys.batch_items(batch_id)], args=args)
         if done[0] == "full":
@@ -149,23 +152,22 @@ class BatchStore:
 
     def results(self, batch: BatchRecord) -> list[BatchResult]:
         """Return every item's outcome in submission order: one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in batch.job_ids:
-            pipe.hmget(keys.job(job_id), "status", "output", "usage", "error")
         out = []
-        for (custom_id, job_id), (status, output, usage, error) in zip(
-            batch.items, pipe.execute(), strict=True
-        ):
-            out.append(
-                BatchResult(
-                    custom_id=custom_id,
-                    job_id=job_id,
-                    status=status or Status.FAILED,
-                    output=json.loads(output) if output else None,
-                    usage=json.loads(usage) if usage else None,
-                    error=json.loads(error) if error else (None if status else MISSING),
+        for (custom_id, job_id), rec in zip(batch.items, self.jobs.records(batch.job_ids), strict=True):
+            if rec is None:  # a vanished record can no longer succeed
+                out.append(
+                    BatchResult(custom_id=custom_id, job_id=job_id, status=Status.FAILED, error=MISSING)
                 )
+                continue
+            result = BatchResult(
+                custom_id=custom_id,
+                job_id=job_id,
+                status=rec.status,
+                output=rec.output,
+                usage=rec.usage,
+                error=rec.error,
             )
+            out.append(result)
         return out
 
     def public(self, batch: BatchRecord, with_results: bool = True) -> BatchPublic:

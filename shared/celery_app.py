@@ -38,11 +38,18 @@ def enqueue(app: Celery, queue: str, job_id: str, priority: Priority, attempt: i
 
 
 _kombu_restore_unacked = kombu_redis.QoS.restore_unacked
+_kombu_ack = kombu_redis.QoS.ack
+
+
+def _broker_gone(qos: Any) -> bool:
+    """Say whether kombu already closed this QoS's channel after losing the broker."""
+    connection = getattr(qos.channel, "connection", None)
+    return connection is None or connection.client is None
 
 
 def _restore_unacked(self: Any, client: Any = None) -> Any:
     """kombu's QoS.restore_unacked, except on a channel whose connection is already closed."""
-    if client is None and self.channel.connection.client is None:
+    if client is None and _broker_gone(self):
         # HACK: kombu 5.7 closes a channel after its connection when the broker is lost (say, the
         # Redis master dies in a Sentinel failover); restoring then raises AttributeError, which
         # Celery reports as an unrecoverable error, and the worker stops consuming. The messages
@@ -54,9 +61,23 @@ def _restore_unacked(self: Any, client: Any = None) -> Any:
     return _kombu_restore_unacked(self, client)
 
 
+def _ack(self: Any, delivery_tag: Any) -> Any:
+    """kombu's QoS.ack, except on a channel whose connection is already closed."""
+    if _broker_gone(self):
+        # HACK: the same closed channel as in _restore_unacked, met by the ack of a job that ended
+        # while the broker was failing over. The job's outcome is already stored, so a redelivery
+        # of its message is refused by the job store; dropping the ack keeps the worker consuming.
+        log.warning("broker lost: ack of %s left to kombu's restore", delivery_tag)
+        self._delivered.pop(delivery_tag, None)
+        return None
+    return _kombu_ack(self, delivery_tag)
+
+
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings; no result backend (the job store holds results)."""
-    kombu_redis.QoS.restore_unacked = _restore_unacked  # idempotent; see _restore_unacked
+    # Idempotent; see _restore_unacked and _ack.
+    kombu_redis.QoS.restore_unacked = _restore_unacked  # type: ignore[method-assign]
+    kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
     app = Celery("genq", broker=settings.redis_url)
     transport: dict[str, object] = {"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS}
     if is_sentinel(settings.redis_url):  # kombu asks the Sentinels for this master

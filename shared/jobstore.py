@@ -1,4 +1,9 @@
-"""Job records, their event streams and the worker registry, kept in Redis."""
+"""Job records, their event streams and the worker registry, kept in Redis.
+
+JobStore owns the Redis connection of the job side: callers get JobRecord/JobPublic objects and
+store methods, never the connection (a test keeps `store.r` out of api/). The state transitions run
+as Lua (shared/transitions.py); a job's fields are read and written by JobRecord (shared/records.py).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from shared import keys, scripts
-from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status, WebhookEvent
+from shared import keys, transitions
+from shared.metrics import record_job
+from shared.records import DEFAULT_TENANT, JobRecord
+from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
 
 EVENT_TOKEN = "token"  # new text produced
 EVENT_STATUS = "status"  # the job changed state
@@ -21,8 +29,7 @@ EVENT_DONE = "done"  # the job reached a terminal state; always the last event
 _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
 
-
-DEFAULT_TENANT = "default"  # owner of every job while no API keys are configured
+__all__ = ["DEFAULT_TENANT", "Claim", "JobStore", "QueueFull", "TenantQueueFull", "new_job_id"]
 
 
 class QueueFull(Exception):
@@ -38,17 +45,25 @@ def new_job_id() -> str:
     return "job_" + secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What claiming a job gave: the running job's record, or why it was not claimed."""
+
+    outcome: str | None  # 'claimed', 'expired' (past its deadline), else the status that forbids it
+    record: JobRecord | None = None  # the job as claimed (status running); None unless claimed
+
+
 class JobStore:
     """Reads and writes job records, their events, and the worker registry."""
 
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.r = client
         self.ttl_s = ttl_s
-        self._create = client.register_script(scripts.CREATE)
-        self._claim = client.register_script(scripts.CLAIM)
-        self._finish = client.register_script(scripts.FINISH)
-        self._cancel = client.register_script(scripts.CANCEL)
-        self._requeue = client.register_script(scripts.REQUEUE)
+        self._create = client.register_script(transitions.CREATE)
+        self._claim = client.register_script(transitions.CLAIM)
+        self._finish = client.register_script(transitions.FINISH)
+        self._cancel = client.register_script(transitions.CANCEL)
+        self._requeue = client.register_script(transitions.REQUEUE)
         # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection.
         self.ended_waiter: Callable[[str, float], None] | None = None
 
@@ -65,25 +80,16 @@ class JobStore:
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
-        record = job_record(model, request, now, deadline, tenant)
-        pairs = flatten(record)
+        record = JobRecord.new(job_id, model, request, now, deadline, tenant)
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
-            args=[job_id, max_queued, repr(now), self.ttl_s, max_tenant_queued, *pairs],
+            args=[job_id, max_queued, repr(now), self.ttl_s, max_tenant_queued, *record.pairs()],
         )
         if done == "full":
             raise QueueFull(model)
         if done == "tenant_full":
             raise TenantQueueFull(tenant)
-        return JobPublic(
-            id=job_id,
-            status=Status.QUEUED,
-            model=model,
-            created_at=now,
-            metadata=request.metadata,
-            priority=request.priority,
-            deadline=deadline,
-        )
+        return record.public()
 
     def list_jobs(
         self, tenant: str, status: Status | None = None, limit: int = 20, before: float | None = None
@@ -98,13 +104,14 @@ class JobStore:
             pipe = self.r.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hgetall(keys.job(job_id))
-            for job_id, rec in zip(ids, pipe.execute(), strict=True):
-                if not rec:  # its record expired; dropping it keeps the next page moving
+            for job_id, h in zip(ids, pipe.execute(), strict=True):
+                rec = JobRecord.from_hash(job_id, h)
+                if rec is None:  # its record expired; dropping it keeps the next page moving
                     self.r.zrem(keys.tenant_jobs(tenant), job_id)
                     continue
-                upper = f"({rec['created_at']}"
-                if status is None or rec["status"] == status.value:
-                    found.append(to_public(job_id, rec))
+                upper = f"({h['created_at']}"  # as stored: the cursor must not round
+                if status is None or rec.status is status:
+                    found.append(rec.public())
                     if len(found) == limit:
                         break
         return found
@@ -123,32 +130,48 @@ class JobStore:
         self.r.delete(keys.idempotency(hashlib.sha256(key.encode()).hexdigest()))
 
     def raw(self, job_id: str) -> dict[str, str]:
-        """Return a job's record as stored (empty when unknown or expired)."""
+        """Return a job's hash exactly as stored (empty when unknown): for tests and diagnostics only."""
         return self.r.hgetall(keys.job(job_id))
+
+    def record(self, job_id: str) -> JobRecord | None:
+        """Return a job's record; None when unknown or expired."""
+        return JobRecord.from_hash(job_id, self.raw(job_id))
+
+    def records(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Return many jobs' records in order, in one round trip (None for each one gone)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        return [JobRecord.from_hash(j, h) for j, h in zip(job_ids, pipe.execute(), strict=True)]
 
     def get(self, job_id: str, tenant: str | None = None) -> JobPublic | None:
         """Return a job as clients see it; None when unknown, expired, or another tenant's."""
-        rec = self.raw(job_id)
-        if not rec or (tenant is not None and rec.get("tenant", DEFAULT_TENANT) != tenant):
+        rec = self.record(job_id)
+        if rec is None or (tenant is not None and rec.tenant != tenant):
             return None
-        return to_public(job_id, rec)
+        return rec.public()
+
+    def ping(self) -> None:
+        """Raise unless Redis answers (readiness checks)."""
+        self.r.ping()
 
     def owns(self, job_id: str, tenant: str) -> bool:
         """Return True when the job exists and belongs to the tenant."""
         return self.r.hget(keys.job(job_id), "tenant") == tenant
 
     def delete(self, job_id: str) -> None:
-        """Remove a job whose enqueue failed, so that no record claims it exists."""
-        model = self.r.hget(keys.job(job_id), "model")
+        """Remove a job whose enqueue failed, so that no record (nor its tenant's list) claims it exists."""
+        model, tenant = self.r.hmget(keys.job(job_id), "model", "tenant")
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(keys.job(job_id), keys.events(job_id), keys.ended(job_id))
         if model:
             pipe.zrem(keys.queued(model), job_id)
+        if tenant:
+            pipe.zrem(keys.tenant_jobs(tenant), job_id)
         pipe.execute()
 
-    def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> str | None:
-        """Move a queued job to running under a lease: 'claimed', 'expired' (past its deadline),
-        else the status that forbids it (None if unknown)."""
+    def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> Claim:
+        """Move a queued job to running under a lease; the Claim holds its record once claimed."""
         now = time.time()
         expired = json.dumps(
             {
@@ -156,10 +179,12 @@ class JobStore:
                 "message": "the job's deadline passed before a worker could start it",
             }
         )
-        return self._claim(
+        outcome = self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
             args=[job_id, repr(now), worker, device, repr(now + lease_s), expired],
         )
+        # Read after the transition: the lease makes the job this worker's until it finishes it.
+        return Claim(outcome, self.record(job_id) if outcome == "claimed" else None)
 
     def renew(self, job_ids: list[str], lease_s: float) -> None:
         """Extend the leases of the running jobs this worker holds (one round trip)."""
@@ -206,6 +231,10 @@ class JobStore:
             pipe.hget(keys.job(job_id), "cancel")
         return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
+    def observe(self, model: str, **figures: Any) -> None:
+        """Add the timings and tokens of a job a worker ran to the metrics (shared/metrics.record_job)."""
+        record_job(self.r, model, **figures)
+
     # --- events -------------------------------------------------------------
     def publish_tokens(self, deltas: dict[str, str]) -> None:
         """Append new text of several jobs to their event streams in one round trip."""
@@ -233,6 +262,15 @@ class JobStore:
                 yield {"id": entry_id, **fields}
                 if fields.get("type") == EVENT_DONE:
                     return
+
+    def read_events(self, after: dict[str, str], block_ms: int) -> list[tuple[str, list[tuple[str, dict]]]]:
+        """Read several jobs' events at once (job id → last id seen), blocking up to block_ms.
+
+        Returns (job id, [(entry id, fields), ...]) for each job with new events; [] if none came.
+        """
+        reply = self.r.xread({keys.events(j): last for j, last in after.items()}, count=512, block=block_ms)
+        prefix, suffix = len(keys.JOB), len(keys.EVENTS_SUFFIX)
+        return [(key[prefix:-suffix], entries) for key, entries in reply or []]
 
     def wait(self, job_id: str, timeout_s: float, tenant: str | None = None) -> JobPublic | None:
         """Return the job once it has ended or timeout_s has passed, blocking in Redis, not polling.
@@ -278,74 +316,3 @@ class JobStore:
         if dead:
             self.r.srem(keys.WORKERS, *dead)
         return [{"id": w, **json.loads(v)} for w, v in zip(ids, values, strict=True) if v is not None]
-
-
-def job_record(
-    model: str,
-    request: JobCreate,
-    now: float,
-    deadline: float | None,
-    tenant: str,
-    batch_id: str | None = None,
-) -> dict[str, Any]:
-    """Return the stored record (a hash's fields) of a new queued job."""
-    body = request.model_dump(mode="json", exclude={"metadata", "webhook"})
-    body["model"] = model
-    record: dict[str, Any] = {
-        "status": Status.QUEUED.value,
-        "model": model,
-        "created_at": repr(now),
-        "tenant": tenant,
-        "request": json.dumps(body),
-        "attempts": 0,
-        "priority": request.priority.value,
-    }
-    if deadline is not None:
-        record["deadline"] = repr(deadline)
-    if request.metadata is not None:
-        record["metadata"] = json.dumps(request.metadata)
-    if request.webhook is not None:  # the state-change scripts schedule its deliveries
-        record["webhook_url"] = request.webhook.url
-        record["webhook_events"] = ",".join(request.webhook.events)
-    if batch_id is not None:  # its start and end count towards the batch's (shared/scripts.py)
-        record["batch"] = batch_id
-    return record
-
-
-def flatten(record: dict[str, Any]) -> list[str]:
-    """Return a hash's fields as the flat field, value, ... list that HSET and the scripts take."""
-    return [str(x) for kv in record.items() for x in kv]
-
-
-def _loads(value: str | None) -> Any:
-    return json.loads(value) if value else None
-
-
-def _float(value: str | None) -> float | None:
-    return float(value) if value else None
-
-
-def to_public(job_id: str, rec: dict[str, str]) -> JobPublic:
-    """Shape a stored record as the public job."""
-    return JobPublic(
-        id=job_id,
-        status=Status(rec["status"]),
-        model=rec.get("model", ""),
-        created_at=float(rec["created_at"]),
-        started_at=_float(rec.get("started_at")),
-        finished_at=_float(rec.get("finished_at")),
-        output=_loads(rec.get("output")),
-        usage=_loads(rec.get("usage")),
-        timings=_loads(rec.get("timings")),
-        worker=rec.get("worker"),
-        device=rec.get("device"),
-        seed=int(rec["seed"]) if rec.get("seed") else None,
-        error=_loads(rec.get("error")),
-        metadata=_loads(rec.get("metadata")),
-        priority=rec.get("priority", "interactive"),
-        attempts=int(rec.get("attempts") or 0),
-        deadline=_float(rec.get("deadline")),
-        webhook_deliveries={e: json.loads(rec[f"webhook:{e}"]) for e in WebhookEvent if f"webhook:{e}" in rec}
-        or None,
-        batch_id=rec.get("batch"),
-    )

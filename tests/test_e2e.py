@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,9 +9,9 @@ import time
 
 import pytest
 
-from shared.client import Client
+from genq.client import Client
 from shared.settings import ModelSpec, Settings
-from tests.conftest import ROOT, settings_env, wait_until
+from tests.support import ROOT, run_cli, settings_env, wait_until
 from tests.tiny_model import build_tiny_model
 
 SEED_EXAMPLE = {"max_new_tokens": 50, "temperature": 0.7, "do_sample": True}
@@ -150,7 +149,7 @@ def test_heartbeat_lapses_when_worker_is_killed(start_worker, store, settings: S
 def test_worker_with_unloadable_model_exits_with_clear_error(settings: Settings, tmp_path) -> None:
     bad = settings.model_copy(update={"models": [ModelSpec(name="broken", source=str(tmp_path / "nothing"))]})
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--model", "broken"],
+        [sys.executable, "-m", "genq", "worker", "--model", "broken"],
         env=settings_env(bad),
         cwd=ROOT,
         capture_output=True,
@@ -160,7 +159,7 @@ def test_worker_with_unloadable_model_exits_with_clear_error(settings: Settings,
     assert result.returncode != 0
     assert "cannot load model 'broken'" in result.stderr
     unknown = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--model", "nope"],
+        [sys.executable, "-m", "genq", "worker", "--model", "nope"],
         env=settings_env(settings),
         cwd=ROOT,
         capture_output=True,
@@ -171,16 +170,7 @@ def test_worker_with_unloadable_model_exits_with_clear_error(settings: Settings,
 
 
 def _cli(api: str, *args: str) -> subprocess.CompletedProcess:
-    # Bytes, decoded by hand: text=True would turn a generated "\r" into "\n".
-    out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--url", api, *args],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-    )
-    out.stdout, out.stderr = out.stdout.decode(), out.stderr.decode()
-    return out
+    return run_cli(api, *args)
 
 
 def test_cli_submit_wait_get_cancel(start_worker, api_server: str, client: Client) -> None:

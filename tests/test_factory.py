@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from shared.settings import Settings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -31,9 +31,9 @@ def test_apps_from_different_settings_are_independent(settings: Settings) -> Non
     assert (
         small.test_client().post("/v1/jobs", json=body).status_code == 413
     )  # building large changed nothing
-    assert small.extensions["genq"]["settings"].max_body_bytes == 1024
-    assert large.extensions["genq"]["settings"].max_body_bytes == 4096
-    assert small.extensions["genq"]["store"] is not large.extensions["genq"]["store"]
+    assert small.extensions["genq"].settings.max_body_bytes == 1024
+    assert large.extensions["genq"].settings.max_body_bytes == 4096
+    assert small.extensions["genq"].store is not large.extensions["genq"].store
 
 
 def test_apps_use_their_own_catalog(settings: Settings) -> None:
@@ -63,13 +63,14 @@ def test_create_app_without_settings_reads_the_environment(
     monkeypatch.setenv("GENQ_REDIS_URL", redis_url)
     monkeypatch.setenv("GENQ_MAX_BODY_BYTES", "2048")
     app = create_app()
-    assert app.extensions["genq"]["settings"].redis_url == redis_url
+    assert app.extensions["genq"].settings.redis_url == redis_url
     assert app.config["MAX_CONTENT_LENGTH"] == 2048
 
 
 def test_importing_the_api_reads_no_environment() -> None:
     code = (
-        "import api, api.app, api.routes, api.errors, api.openapi, shared.celery_app, shared.jobstore\n"
+        "import api, api.app, api.jobs, api.meta, api.errors, api.openapi\n"
+        "import shared.celery_app, shared.jobstore\n"
         "from pydantic import ValidationError\n"
         "from shared.settings import Settings\n"
         "try:\n"
@@ -91,7 +92,7 @@ def test_importing_the_api_reads_no_environment() -> None:
 
 def test_the_api_never_imports_torch_or_transformers(redis_url: str) -> None:
     code = (
-        "import sys, api.app, api.routes\n"
+        "import sys, api.app, api.jobs\n"
         "from api.app import create_app\n"
         "from shared.settings import Settings\n"
         f"app = create_app(Settings(redis_url={redis_url!r}))\n"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from genq.client import Client, GenqError
 from shared import keys
-from shared.client import Client, GenqError
 from shared.jobstore import JobStore
 from shared.settings import CRASH_MARKER, Settings
-from tests.conftest import Proc, RedisServer, wait_until
+from tests.support import Proc, RedisServer, wait_until
 
 FINISH_TIMEOUT_S = 240  # bound on waiting for a whole scenario's jobs
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from genq.client import Client
 from shared import keys
 from shared.celery_app import make_celery, queue_lists
-from shared.client import Client
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
@@ -27,7 +27,7 @@ def _messages(store: JobStore, queue: str = "genq.tiny") -> int:
 
 # --- backpressure -------------------------------------------------------------
 def test_queue_full_answers_429_and_stores_nothing(app, http, store: JobStore, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 3})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 3})
     accepted = [http.post("/v1/jobs", json={"prompt": "x"}) for _ in range(3)]
     assert [r.status_code for r in accepted] == [202] * 3
     full = http.post("/v1/jobs", json={"prompt": "x"})
@@ -59,11 +59,11 @@ def test_idempotency_key_returns_the_same_job(http, store: JobStore) -> None:
 
 
 def test_idempotency_key_is_released_when_the_job_is_refused(app, http, settings: Settings) -> None:
-    app.extensions["genq"]["settings"] = settings.model_copy(update={"max_queued": 1})
+    app.extensions["genq"].settings = settings.model_copy(update={"max_queued": 1})
     assert http.post("/v1/jobs", json={"prompt": "a"}).status_code == 202
     refused = http.post("/v1/jobs", json={"prompt": "b"}, headers={"Idempotency-Key": "k"})
     assert refused.status_code == 429
-    app.extensions["genq"]["settings"] = settings
+    app.extensions["genq"].settings = settings
     assert http.post("/v1/jobs", json={"prompt": "b"}, headers={"Idempotency-Key": "k"}).status_code == 202
 
 
@@ -119,7 +119,7 @@ def test_lapsed_lease_requeues_then_fails_worker_lost(store: JobStore, settings:
     store.create(job_id, "tiny", JobCreate(prompt="x"))
     reconciler = Reconciler(store, make_celery(settings), settings)
     for attempt in range(1, settings.max_attempts + 1):
-        assert store.claim(job_id, "dead-worker", "cpu", lease_s=0.01) == "claimed"
+        assert store.claim(job_id, "dead-worker", "cpu", lease_s=0.01).outcome == "claimed"
         time.sleep(0.05)
         counts = reconciler.sweep()
         record = store.raw(job_id)
@@ -186,7 +186,7 @@ def test_a_long_poll_wakes_when_the_job_ends_not_at_each_token(store: JobStore) 
 
     job_id = new_job_id()
     store.create(job_id, "tiny", JobCreate(prompt="x", model="tiny"))
-    assert store.claim(job_id, "w", "cpu") == "claimed"
+    assert store.claim(job_id, "w", "cpu").outcome == "claimed"
     seen: list = []
     before = _xreads(store)
     poll = threading.Thread(target=lambda: seen.append(store.wait(job_id, 30)))

@@ -15,10 +15,10 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from genq.client import Client
 from shared import metrics
-from shared.client import Client
 from shared.settings import Settings
-from tests.conftest import Proc, free_port, start_api, wait_until
+from tests.support import free_port, spawn, start_api, wait_until
 
 HISTOGRAMS = [h.name for h in metrics.HISTOGRAMS]
 TOO_LONG = {"prompt": "word " * 5000, "max_new_tokens": 7000}  # over the tiny model's 8192 tokens
@@ -175,7 +175,7 @@ def test_workers_and_their_tasks_show_up_in_flower(
     pytest.importorskip("flower")
     port = free_port()
     env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}  # open its REST API to this test
-    flower = Proc(
+    flower = spawn(
         [sys.executable, "-m", "celery", f"--broker={settings.redis_url}", "flower", f"--port={port}"],
         env,
         tmp_path / "flower.log",

@@ -10,11 +10,11 @@ import pytest
 from openai import OpenAI
 
 from api.app import create_app
-from api.openai_replies import Diverged, _Sent
-from shared.client import Client
+from api.openai.replies import Diverged, _Sent
+from genq.client import Client
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -264,6 +264,16 @@ def test_body_too_large_is_413_in_openai_shape(http: Any, settings: Settings) ->
     body = json.dumps({**OK_CHAT, "messages": [{"role": "user", "content": "x" * settings.max_body_bytes}]})
     error = _error(http.post(CHAT, data=body, content_type="application/json"), 413)
     assert str(settings.max_body_bytes) in error["message"]
+
+
+def test_both_dialects_classify_an_error_alike(http: Any, store: JobStore, settings: Settings) -> None:
+    big = json.dumps({"model": "tiny", "prompt": "x" * settings.max_body_bytes})
+    native = http.post("/v1/jobs", data=big, content_type="application/json")
+    assert native.status_code == 413
+    ours = native.get_json()["error"]
+    error = _error(http.post(TEXT, data=big, content_type="application/json"), 413)
+    assert (error["code"], error["message"]) == (ours["code"], ours["message"])
+    assert error["type"] == "invalid_request_error" and store.r.keys("genq:job:*") == []
 
 
 def test_harmless_params_are_accepted_and_jobs_queued(http: Any, store: JobStore) -> None:

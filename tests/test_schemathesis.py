@@ -16,9 +16,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.client import Client, GenqError
+from genq.client import Client, GenqError
 from shared.settings import ModelSpec, Settings
-from tests.conftest import Proc
+from tests.support import Proc
 
 MAX_EXAMPLES = 40  # fuzzed requests per operation; the coverage phase adds its boundary cases
 SEED = 20240601  # the same requests on every run, so a failure reproduces

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from genq.client import Client
 from shared.celery_app import TASK_GENERATE, make_celery, queue_lists
-from shared.client import Client
 from shared.keys import UNACKED
 from shared.settings import Settings
-from tests.conftest import RedisServer, wait_until
+from tests.support import RedisServer, wait_until
 
 PASSWORD = "s3cret"
 JOB_TIMEOUT_S = 60  # a 4-token job on the tiny model takes well under a second
@@ -43,7 +43,7 @@ class ConfiguredRedis(RedisServer):
 
     def __init__(self, workdir: Path, args: list[str], url: str) -> None:
         super().__init__(workdir)
-        self.args = [a.format(port=self.port) for a in args]
+        self.extra = [a.format(port=self.port) for a in args]
         self._url = url.format(port=self.port)
 
     @property
@@ -51,23 +51,9 @@ class ConfiguredRedis(RedisServer):
         """Return the URL of database 0, with credentials and TLS options."""
         return self._url
 
-    def start(self) -> None:
-        """Start redis-server in memory only, with the extra arguments, and wait for it to answer."""
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed; run `make setup`"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [binary, "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "", *self.args]
-        argv += ["--maxmemory-policy", "noeviction"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _ping(client), 10, "redis-server to answer")
-
-
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+    def args(self) -> list[str]:
+        """Return the extra arguments; in memory only (no AOF)."""
+        return [*self.extra, "--maxmemory-policy", "noeviction"]
 
 
 def tls_supported() -> bool:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from shared.client import Client
+from genq.client import Client
+from genq.supervisor import Child
 from shared.jobstore import JobStore
 from shared.redisconn import connect, limiter_uri, parse_sentinel
 from shared.settings import Settings
-from tests.conftest import free_port, start_api, wait_until
+from tests.support import free_port, start_api, wait_until
 
 MASTER = "genq-master"  # the name the Sentinel monitors
 DOWN_AFTER_MS = 1000  # how long the master must be silent before the Sentinel calls it down
@@ -30,7 +30,7 @@ class Cluster:
         self.binary = shutil.which("redis-server")
         assert self.binary, "redis-server is not installed; run `make setup`"
         self.master_port, self.replica_port, self.sentinel_port = free_port(), free_port(), free_port()
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, Child] = {}
 
     @property
     def url(self) -> str:
@@ -40,7 +40,7 @@ class Cluster:
     def _start(self, name: str, args: list[str]) -> None:
         (self.workdir / name).mkdir(parents=True, exist_ok=True)
         base = ["--bind", "127.0.0.1", "--dir", str(self.workdir / name), "--save", ""]
-        self.procs[name] = subprocess.Popen([self.binary, *args, *base], stdout=subprocess.DEVNULL)
+        self.procs[name] = Child(name, [self.binary, *args, *base], quiet=True)
 
     def start(self) -> None:
         """Start all three and wait until the Sentinel knows the master and its replica."""
@@ -56,8 +56,8 @@ class Cluster:
             f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER} 10000\n"
         )
-        self.procs["sentinel"] = subprocess.Popen(
-            [self.binary, str(conf), "--sentinel", "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL
+        self.procs["sentinel"] = Child(
+            "sentinel", [self.binary, str(conf), "--sentinel", "--bind", "127.0.0.1"], quiet=True
         )
         wait_until(lambda: self.replicas() == 1, 30, "the Sentinel to see the master and its replica", 0.1)
 
@@ -83,9 +83,7 @@ class Cluster:
     def stop(self) -> None:
         """Stop every process still running."""
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
+            proc.stop(10)
 
 
 @pytest.fixture
@@ -150,7 +148,7 @@ def test_a_failover_loses_no_accepted_job(
         assert before["status"] == "succeeded"
         master = redis.Redis(port=cluster.master_port)
         assert master.wait(1, 5000) == 1  # the replica holds everything so far
-        cluster.procs["master"].send_signal(signal.SIGKILL)
+        cluster.procs["master"].signal(signal.SIGKILL)
         wait_until(lambda: cluster.master_port_now() == cluster.replica_port, 60, "the failover", 0.2)
         # Both follow by themselves: to the new master, found through the Sentinel.
         after = client.wait(client.submit("After", max_new_tokens=4)["id"], 120)

@@ -16,7 +16,7 @@ from shared.jobstore import DEFAULT_TENANT, JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
 from tests import waitclient
-from tests.conftest import start_api, wait_until
+from tests.support import start_api, wait_until
 
 CONNECT_AT_ONCE = 200  # connections opened concurrently while the waiters are set up
 

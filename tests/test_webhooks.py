@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from api.app import create_app
+from genq.client import Client
 from shared import keys
-from shared.client import Client
 from shared.jobstore import JobStore
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
 from shared.webhooks import RefusedURL, resolve, sign, verify_signature
-from tests.conftest import wait_until
+from tests.support import wait_until
 from worker.webhooks import WebhookSender
 
 SECRET = "whsec_test_secret"
@@ -229,7 +229,7 @@ def scheduled(store: JobStore) -> list[tuple[str, str]]:
 
 
 def end_by_finish(store: JobStore, job_id: str) -> None:
-    assert store.claim(job_id, "w", "cpu") == "claimed"
+    assert store.claim(job_id, "w", "cpu").outcome == "claimed"
     assert store.finish(job_id, Status.FAILED, holder="w")
 
 
@@ -239,11 +239,11 @@ def end_by_cancel(store: JobStore, job_id: str) -> None:
 
 def end_by_expiry(store: JobStore, job_id: str) -> None:
     store.r.hset(keys.job(job_id), "deadline", repr(time.time() - 1))
-    assert store.claim(job_id, "w", "cpu") == "expired"
+    assert store.claim(job_id, "w", "cpu").outcome == "expired"
 
 
 def end_by_worker_loss(store: JobStore, job_id: str) -> None:
-    assert store.claim(job_id, "w", "cpu", lease_s=-1) == "claimed"  # its lease has already lapsed
+    assert store.claim(job_id, "w", "cpu", lease_s=-1).outcome == "claimed"  # its lease has already lapsed
     assert store.requeue(job_id, max_attempts=1) == "failed"
 
 
@@ -369,7 +369,7 @@ def test_a_batch_starts_once_and_ends_with_its_last_job(http, store: JobStore) -
     batch_id = http.post("/v1/batches", json={"requests": items, "webhook": webhook}).get_json()["id"]
     jobs = [json.loads(item)[1] for item in store.r.lrange(keys.batch_items(batch_id), 0, -1)]
     for job_id in jobs:
-        assert store.claim(job_id, "w", "cpu") == "claimed"
+        assert store.claim(job_id, "w", "cpu").outcome == "claimed"
     assert scheduled(store) == [(batch_id, "started")]  # the first claim only
     for job_id in jobs[:2]:
         assert store.finish(job_id, Status.SUCCEEDED, holder="w")

@@ -225,6 +225,7 @@ class Engine:
         if self._cache is None:
             self._cache, self._mask, self._seen = cache, mask, seen
         else:
+            assert self._mask is not None and self._seen is not None  # set together with the cache
             old_len, new_len = self._mask.shape[1], mask.shape[1]
             width = max(old_len, new_len)
             for old, fresh in zip(self._cache.layers, cache.layers, strict=True):
@@ -239,6 +240,7 @@ class Engine:
         self._advance(tokens, first)
 
     def _decode(self) -> None:
+        assert self._mask is not None and self._last is not None  # a batch is running
         ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device)
         self._mask = torch.cat([self._mask, ones], dim=1)
         positions = self._mask.sum(-1, keepdim=True) - 1
@@ -255,6 +257,7 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, first: int) -> torch.Tensor:
         rows = self._rows[first:]
+        assert self._seen is not None  # set before the first row is sampled
         seen = self._seen[first:] if any(r.req.params.repetition_penalty != 1.0 for r in rows) else None
         tokens = next_tokens(logits, [r.req.params for r in rows], [r.generator for r in rows], seen)
         self._seen[torch.arange(first, first + len(rows), device=self.device), tokens] = True
@@ -356,6 +359,8 @@ class Engine:
             self._reset()
             return
         idx = torch.tensor(keep, device=self.device)
+        assert self._mask is not None and self._last is not None and self._seen is not None
+        assert self._cache is not None  # rows are running, so their batch state is set
         self._rows = [self._rows[i] for i in keep]
         self._mask, self._last, self._seen = self._mask[idx], self._last[idx], self._seen[idx]
         start = int(self._mask.any(dim=0).nonzero()[0])  # first column some row still uses

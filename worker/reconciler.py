@@ -15,7 +15,7 @@ from celery import Celery
 from shared import keys
 from shared.celery_app import enqueue, queue_lists
 from shared.jobstore import JobStore
-from shared.schemas import ErrorCode, Priority, Status
+from shared.schemas import ErrorCode, Status
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ class Reconciler:
                 self.r.delete(keys.RECONCILER_LOCK)
 
     def _send(self, job_id: str) -> None:
-        model, priority, attempts = self.r.hmget(keys.job(job_id), "model", "priority", "attempts")
-        enqueue(self.app, keys.queue(model), job_id, Priority(priority or "interactive"), int(attempts or 0))
+        rec = self.store.record(job_id)
+        if rec is not None:  # else its record expired meanwhile: nothing is left to run
+            enqueue(self.app, keys.queue(rec.model), job_id, rec.priority, rec.attempts)
 
     def _lapsed_leases(self) -> Counter:
         counts: Counter = Counter()
@@ -99,11 +100,11 @@ class Reconciler:
         for spec in self.settings.models:
             zset = keys.queued(spec.name)
             for job_id in self.r.zrangebyscore(zset, "-inf", now - self.settings.lease_seconds):
-                status, deadline = self.r.hmget(keys.job(job_id), "status", "deadline")
-                if status != Status.QUEUED.value:
+                rec = self.store.record(job_id)
+                if rec is None or rec.status is not Status.QUEUED:
                     self.r.zrem(zset, job_id)  # ended, or its record expired
                     continue
-                if deadline and now > float(deadline):
+                if rec.deadline is not None and now > rec.deadline:
                     error = {
                         "code": ErrorCode.EXPIRED.value,
                         "message": "the job's deadline passed before a worker could start it",

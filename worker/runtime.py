@@ -1,4 +1,8 @@
-"""A worker process: one model on one device, its engine thread, heartbeat, and the job lifecycle."""
+"""A worker process: one model on one device, its engine thread, heartbeat, and stopping.
+
+The process side only: what happens to one job (record → engine request, result → stored outcome)
+is in worker/jobflow.py as plain functions; run_job here claims, calls them, and stores the result.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -18,10 +21,11 @@ import redis
 from celery import Celery
 
 from shared.jobstore import JobStore
-from shared.metrics import record_job
+from shared.records import JobRecord
 from shared.redisconn import connect
-from shared.schemas import ErrorCode, FinishReason, JobCreate, Status
+from shared.schemas import ErrorCode, Status
 from shared.settings import CRASH_MARKER, ModelSpec, Settings
+from worker import jobflow
 from worker.engine import Engine, GenerationError, Hooks, Request
 from worker.reconciler import Reconciler
 from worker.sampling import RowParams
@@ -159,22 +163,22 @@ class Runtime:
     # --- one job ------------------------------------------------------------
     def run_job(self, job_id: str) -> None:
         """Claim a queued job under a lease, generate, and store its one terminal result."""
-        claimed = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
-        if claimed != "claimed":
-            reason = claimed or "unknown or expired record"
+        claim = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
+        rec = claim.record
+        if rec is None:
+            reason = claim.outcome or "unknown or expired record"
             log.info(
                 "job %s not run: %s", job_id, reason, extra=self._fields("job not run", job_id, reason=reason)
             )
             return
         self.inflight.add(job_id)  # the heartbeat renews its lease from now on
         try:
-            rec = self.store.raw(job_id)
-            attempt = int(rec.get("attempts") or 1)  # the claim counted this one
+            attempt = rec.attempts  # the claim counted this one
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
-                self._generate(job_id, rec)
+                self._generate(rec)
             except GenerationError as exc:
-                error = {"code": exc.code.value, "message": str(exc)}
+                error = jobflow.failure(exc.code, str(exc))
                 log.warning(
                     "job %s failed: %s",
                     job_id,
@@ -187,7 +191,7 @@ class Runtime:
                 log.exception(
                     "job %s failed: %s", job_id, code, extra=self._fields("job failed", job_id, code=code)
                 )
-                error = {"code": code, "message": f"{type(exc).__name__}: {exc}"}
+                error = jobflow.failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
                 self._finish(job_id, Status.FAILED, error=error)
         finally:
             self.inflight.discard(job_id)
@@ -215,14 +219,14 @@ class Runtime:
     def _record(self, **figures: Any) -> None:
         """Add the timings of a job that ran here to the metrics; a Redis error costs the figures only."""
         try:
-            record_job(self.store.r, self.spec.name, **figures)
+            self.store.observe(self.spec.name, **figures)
         except redis.RedisError as exc:
             log.warning("could not record metrics: %s", exc)
 
-    def _generate(self, job_id: str, rec: dict[str, str]) -> None:
+    def _generate(self, rec: JobRecord) -> None:
+        """Run a claimed job on the engine and store its outcome (worker/jobflow.py shapes both)."""
         assert self.engine is not None
-        job = JobCreate.model_validate(json.loads(rec["request"]))
-        created_at = float(rec["created_at"])
+        job = rec.job
         started = time.time()
         t0 = time.perf_counter()
         messages = [m.model_dump(mode="json") for m in job.messages] if job.messages else None
@@ -230,96 +234,44 @@ class Runtime:
         tokenize_s = time.perf_counter() - t0
         if self.settings.fault_injection and CRASH_MARKER in (job.prompt or json.dumps(messages)):
             os.kill(os.getpid(), signal.SIGKILL)  # a poison job, for the fault-injection tests
-        seed = job.seed if job.seed is not None else random.getrandbits(63)
-        params = RowParams(
-            sampling=job.sampling,
-            temperature=job.temperature or 1.0,
-            top_k=job.top_k,
-            top_p=job.top_p,
-            repetition_penalty=job.repetition_penalty,
-        )
-        max_new = job.max_new_tokens or self.spec.default_max_new_tokens
-        req = Request(
-            job_id,
-            input_ids,
-            max_new,
-            params,
-            seed,
-            list(job.stop),
-            job.ignore_eos,
-            deadline=float(rec["deadline"]) if rec.get("deadline") else None,
-            solo=rec.get("isolate") == "1",
-        )
+        req = jobflow.engine_request(rec, input_ids)
         result = self.engine.submit(req).result()
         finished = time.time()
-        status, error = Status.SUCCEEDED, None
-        if result.finish_reason is FinishReason.CANCELLED:
-            status = Status.CANCELLED
-        elif result.finish_reason is FinishReason.TIMEOUT:
-            status = Status.FAILED
-            error = {
-                "code": ErrorCode.TIMEOUT.value,
-                "message": "the job's deadline passed while it ran; output holds the text made so far",
-            }
-        # The engine times from admission: its first token came (generate - first_token) + decode
-        # seconds before the result did.
-        ttft_s = (
-            None
-            if result.first_token_s is None
-            else finished - result.decode_s - (result.generate_s - result.first_token_s) - created_at
-        )
-        tokens_per_s = result.completion_tokens / result.generate_s if result.generate_s > 0 else None
-        timings = {
-            "queued": round((started - created_at) * 1000, 2),
-            "tokenize": round(tokenize_s * 1000, 2),
-            "generate": round(result.generate_s * 1000, 2),
-            "decode": round(result.decode_s * 1000, 2),
-            "total": round((finished - created_at) * 1000, 2),
-            "time_to_first_token": round(ttft_s * 1000, 2) if ttft_s is not None else None,
-            "tokens_per_second": round(tokens_per_s, 2) if tokens_per_s is not None else None,
-        }
-        stored = self._finish(
-            job_id,
-            status,
-            error=error,
-            output={"text": result.text, "finish_reason": result.finish_reason.value},
-            usage={"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-            timings=timings,
-            seed=str(seed) if job.sampling else None,
-        )
+        out = jobflow.outcome(rec, req, result, started, finished, tokenize_s)
+        stored = self._finish(rec.id, out.status, **out.fields())
         if stored:
             self._record(
-                queue_wait_s=started - created_at,
-                latency_s=finished - created_at,
-                ttft_s=ttft_s,
-                tokens_per_s=tokens_per_s if result.completion_tokens else None,
+                queue_wait_s=started - rec.created_at,
+                latency_s=finished - rec.created_at,
+                ttft_s=out.ttft_s,
+                tokens_per_s=out.tokens_per_s if result.completion_tokens else None,
                 completion_tokens=result.completion_tokens,
             )
         # Ids, counts and timings only: prompts and outputs stay out of logs unless GENQ_LOG_TEXT=1.
         log.info(
             "job %s %s: %d prompt + %d completion tokens, %s, %.0f ms",
-            job_id,
-            status.value,
+            rec.id,
+            out.status.value,
             result.prompt_tokens,
             result.completion_tokens,
             result.finish_reason.value,
-            (finished - created_at) * 1000,
+            (finished - rec.created_at) * 1000,
             extra=self._fields(
                 "job finished",
-                job_id,
-                status=status.value,
+                rec.id,
+                status=out.status.value,
                 finish_reason=result.finish_reason.value,
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
-                timings=timings,  # ms, as stored on the job
+                timings=out.timings,  # ms, as stored on the job
                 stored=stored,  # False: the job had ended or moved on, so this result was dropped
             ),
         )
         if self.settings.log_text:
             log.info(
                 "job %s text: prompt=%r output=%r",
-                job_id,
+                rec.id,
                 job.prompt or messages,
                 result.text,
-                extra=self._fields("job text", job_id),
+                extra=self._fields("job text", rec.id),
             )

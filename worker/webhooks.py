@@ -1,6 +1,6 @@
 """Send due webhook deliveries from Redis, with retries; runs in every worker beside the engine.
 
-A job's state change schedules its delivery in Redis (shared/scripts.py), and so does the state
+A job's state change schedules its delivery in Redis (shared/transitions.py), and so does the state
 change of a job that starts or ends its batch, so the engine never waits on a receiver. Here, a
 sender takes one due delivery at a time under a lease (if this worker dies mid-POST, the delivery
 comes due again for any worker), POSTs it, and either settles it or schedules the next attempt
@@ -21,7 +21,7 @@ import redis
 
 from shared import keys, webhooks
 from shared.batchstore import BatchStore
-from shared.jobstore import JobStore, to_public
+from shared.jobstore import JobStore
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ class WebhookSender:
             public = batches.public(batch, with_results=False)
             data = public.model_dump(mode="json", exclude=exclude | {"results"})
         else:
-            rec = self.store.raw(delivery["job_id"])
-            if not rec:
+            rec = self.store.record(delivery["job_id"])
+            if rec is None:
                 return None
-            data = to_public(delivery["job_id"], rec).model_dump(mode="json", exclude=exclude)
+            data = rec.public().model_dump(mode="json", exclude=exclude)
         return json.dumps({**data, "event": delivery["event"]}).encode()

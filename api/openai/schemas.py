@@ -202,18 +202,23 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class Completion(BaseModel):
-    """The answer to a non-streamed completion request."""
+class _CompletionFields(BaseModel):
+    """What a completion and each of its streamed chunks carry."""
 
     id: str  # cmpl-<hex of the first job's id>
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
+
+
+class Completion(_CompletionFields):
+    """The answer to a non-streamed completion request."""
+
     usage: CompletionUsage
 
 
-class CompletionChunk(Completion):
+class CompletionChunk(_CompletionFields):
     """One server-sent event of a streamed completion request (OpenAI keeps object text_completion)."""
 
     usage: CompletionUsage | None = None  # present (null but on the last) only with include_usage

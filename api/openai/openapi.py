@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.openai_schemas import (
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+
+from api.openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -14,7 +17,7 @@ from api.openai_schemas import (
     OpenAIErrorResponse,
 )
 
-OPENAPI_MODELS = [
+OPENAPI_MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (ChatCompletionRequest, "validation"),
     (CompletionRequest, "validation"),
     (ChatCompletion, "serialization"),

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import invalid
-from api.openai_compat import request_jobs
-from api.openai_replies import OpenAIHTTPError, Reply, failure
-from shared import keys
+from api.errors import OpenAIHTTPError, invalid
+from api.openai.replies import Reply, failure
+from api.openai.routes import request_jobs
 from shared.batchstore import MISSING, BatchRecord
-from shared.jobstore import JobStore, to_public
+from shared.jobstore import JobStore
+from shared.records import JobRecord
 from shared.schemas import MAX_CUSTOM_ID_CHARS, BatchItem, ErrorCode, Status
 from shared.settings import Settings
 
@@ -57,20 +57,17 @@ def to_item(settings: Settings, line: OpenAIBatchLine) -> BatchItem:
 
 def result_lines(store: JobStore, batch: BatchRecord) -> Iterator[str]:
     """Yield a finished batch's results as OpenAI batch output lines, in submission order."""
-    pipe = store.r.pipeline(transaction=False)
-    for job_id in batch.job_ids:
-        pipe.hgetall(keys.job(job_id))
-    for (custom_id, job_id), rec in zip(batch.items, pipe.execute(), strict=True):
+    for (custom_id, job_id), rec in zip(batch.items, store.records(batch.job_ids), strict=True):
         line = {"id": "batch_req_" + job_id.removeprefix("job_"), "custom_id": custom_id}
         yield json.dumps(line | _outcome(job_id, rec), ensure_ascii=False) + "\n"
 
 
-def _outcome(job_id: str, rec: dict[str, str]) -> dict[str, Any]:
+def _outcome(job_id: str, rec: JobRecord | None) -> dict[str, Any]:
     """Return a line's response and error: an answer, an error answer, or why the request never ran."""
-    if not rec:
+    if rec is None:
         return {"response": None, "error": {"code": str(MISSING.code), "message": MISSING.message}}
-    job = to_public(job_id, rec)
-    chat = json.loads(rec.get("request") or "{}").get("messages") is not None
+    job = rec.public()
+    chat = rec.chat
     if job.status is Status.CANCELLED and job.output is None:
         return {"response": None, "error": {"code": "cancelled", "message": "cancelled before it ran"}}
     reply = Reply(

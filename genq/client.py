@@ -25,6 +25,13 @@ class GenqError(Exception):
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.body = status, code, message, body or {}
 
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        """Return the API's per-field problems ({"field", "message"} each); empty when it named none."""
+        err = self.body.get("error")
+        details = err.get("details") if isinstance(err, dict) else None
+        return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
 
 def _error(exc: urllib.error.HTTPError) -> GenqError:
     try:

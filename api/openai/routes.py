@@ -1,35 +1,33 @@
 """OpenAI-compatible /v1/chat/completions and /v1/completions: each choice is one ordinary genq job.
 
 A request is parsed into n JobCreate bodies, checked with the same limits as /v1/jobs, stored and
-enqueued like any job; the answer waits for the jobs to end, or streams their text as chunks.
+enqueued like any job; the answer waits for the jobs to end, or streams their text as chunks
+(api/openai/replies.py). Parse errors name the parameter as OpenAI spells it (messages[0].content).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import random
 import time
 from typing import Any
 
-import redis
-from flask import Blueprint, Response, current_app, g, jsonify, request
-from kombu.exceptions import OperationalError
-from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, jsonify
+from pydantic import ValidationError
 
-from api.errors import RETRY_AFTER_S, ApiError
-from api.openai_replies import OpenAIHTTPError, Reply, cancel, failure, stream
-from api.openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from api.context import Context, current
+from api.errors import ApiError, OpenAIHTTPError, openai, register_error_handlers, to_openai
+from api.events import event_stream
+from api.openai.replies import Reply, cancel, failure, stream
+from api.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from api.submit import check_limits, submit
 from api.waiters import request_socket
-from shared.jobstore import JobStore
+from api.wire import read_json_object
 from shared.schemas import JobCreate, JobPublic
 from shared.settings import Settings
 
-log = logging.getLogger(__name__)
-
 openai_bp = Blueprint("openai", __name__)
+register_error_handlers(openai_bp, openai)  # every error of these routes in OpenAI's envelope
+openai_bp.register_error_handler(OpenAIHTTPError, OpenAIHTTPError.response)  # already in that shape
 
 WAIT_GRACE_S = 60.0  # past the last deadline and a lease: time for a worker's result retries to land
 UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
@@ -37,25 +35,20 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 CHAT_PATH, COMPLETIONS_PATH = "/v1/chat/completions", "/v1/completions"
 
 
-def _ctx() -> tuple[Settings, JobStore]:
-    ext = current_app.extensions["genq"]
-    return ext["settings"], ext["store"]
-
-
-@openai_bp.post("/v1/chat/completions")
+@openai_bp.post(CHAT_PATH)
 def chat_completions() -> Response:
     """Run a chat request as n jobs; answer when they end, or stream their text as chunks."""
-    settings, _ = _ctx()
-    req, jobs = request_jobs(settings, CHAT_PATH, _body())
-    return _run(req, True, jobs)
+    ctx = current()
+    req, jobs = request_jobs(ctx.settings, CHAT_PATH, read_json_object())
+    return _run(ctx, req, True, jobs)
 
 
-@openai_bp.post("/v1/completions")
+@openai_bp.post(COMPLETIONS_PATH)
 def completions() -> Response:
     """Run a text completion as n jobs; answer when they end, or stream their text as chunks."""
-    settings, _ = _ctx()
-    req, jobs = request_jobs(settings, COMPLETIONS_PATH, _body())
-    return _run(req, False, jobs)
+    ctx = current()
+    req, jobs = request_jobs(ctx.settings, COMPLETIONS_PATH, read_json_object())
+    return _run(ctx, req, False, jobs)
 
 
 def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[Any, list[JobCreate]]:
@@ -69,14 +62,12 @@ def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[A
     return req, _jobs(settings, req, {"prompt": req.text}, req.max_tokens, "max_tokens")
 
 
-def _run(req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
-    settings, store = _ctx()
-    hub = current_app.extensions["genq"]["waiters"]
+def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
     # A stream counts as a waiter before its jobs are enqueued (429 past the cap enqueues nothing);
     # a plain request's waits count themselves (api/waiters.py Hub.held).
-    slot = hub.open_slot(g.tenant) if req.stream else None
+    slot = ctx.waiters.open_slot(ctx.tenant) if req.stream else None
     try:
-        queued = _submit_all(settings, store, jobs)
+        queued = _submit_all(ctx, jobs)
     except BaseException:
         if slot is not None:
             slot.release()
@@ -90,29 +81,16 @@ def _run(req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
     )
     headers = {"X-Genq-Job-Ids": ",".join(j.id for j in queued)}  # to follow or cancel them via /v1/jobs
     if req.stream:
-        headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
-        body = hub.guard(stream(store, hub, reply, [j.id for j in queued], request_socket()), slot)
-        return Response(body, mimetype="text/event-stream", headers=headers)
-    resp = jsonify(reply.complete(_collect(settings, store, queued, reply)).model_dump(mode="json"))
+        assert slot is not None  # opened above for every stream
+        body = stream(ctx.store, ctx.waiters, reply, [j.id for j in queued], request_socket())
+        return event_stream(ctx.waiters.guard(body, slot), headers)
+    resp = jsonify(reply.complete(_collect(ctx, queued, reply)).model_dump(mode="json"))
     resp.headers.update(headers)
     return resp
 
 
 # --- requests → jobs ----------------------------------------------------------
-def _body() -> dict[str, Any]:
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # bad syntax or UTF-8, huge integers, deep nesting
-        raise OpenAIHTTPError(
-            400, f"the request body is not valid JSON: {exc}", code="malformed_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise OpenAIHTTPError(400, "the request body must be a JSON object")
-    return data
-
-
-def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
+def _validate(cls: type[ChatCompletionRequest | CompletionRequest], data: dict[str, Any]) -> Any:
     try:
         req = cls.model_validate(data)
     except ValidationError as exc:
@@ -191,7 +169,7 @@ def _jobs(
         seeds = [req.seed + i for i in range(n)]
     else:
         # Drawn here rather than by the worker, so that a rerun after a lost worker repeats the
-        # text already streamed (see openai_replies._Sent).
+        # text already streamed (see api/openai/replies.py, _Sent).
         seeds = [random.getrandbits(62) for _ in range(n)]
     metadata = dict(req.metadata or {})
     if req.user is not None:
@@ -217,29 +195,28 @@ def _jobs(
     except ValidationError as exc:
         raise _invalid(exc, renames) from None
     except ApiError as exc:
-        raise _from_api_error(exc, renames) from None
+        raise to_openai(exc, renames) from None
     return [job.model_copy(update={"seed": s}) for s in seeds]
 
 
-def _submit_all(settings: Settings, store: JobStore, jobs: list[JobCreate]) -> list[JobPublic]:
-    celery = current_app.extensions["genq"]["celery"]
+def _submit_all(ctx: Context, jobs: list[JobCreate]) -> list[JobPublic]:
     queued: list[JobPublic] = []
     try:
         for job in jobs:
-            queued.append(submit(settings, store, celery, job, g.tenant))
+            queued.append(submit(ctx.settings, ctx.store, ctx.celery, job, ctx.tenant))
     except BaseException:
-        cancel(store, [j.id for j in queued])  # all choices or none
+        cancel(ctx.store, [j.id for j in queued])  # all choices or none
         raise
     return queued
 
 
-def _collect(settings: Settings, store: JobStore, queued: list[JobPublic], reply: Reply) -> list[JobPublic]:
+def _collect(ctx: Context, queued: list[JobPublic], reply: Reply) -> list[JobPublic]:
     """Wait for every job to end (a little past the last deadline, for a lost worker's rerun)."""
-    until = max(j.deadline or time.time() for j in queued) + settings.lease_seconds + WAIT_GRACE_S
+    until = max(j.deadline or time.time() for j in queued) + ctx.settings.lease_seconds + WAIT_GRACE_S
     done: list[JobPublic] = []
     try:
         for q in queued:
-            job = store.wait(q.id, max(0.0, until - time.time()))
+            job = ctx.store.wait(q.id, max(0.0, until - time.time()))
             if job is not None and not job.status.is_terminal:
                 raise OpenAIHTTPError(
                     503, "no worker finished the job in time", "server_error", code="timeout"
@@ -247,58 +224,9 @@ def _collect(settings: Settings, store: JobStore, queued: list[JobPublic], reply
             error = failure(job, reply.prompt_param)
             if error is not None:
                 raise error
+            assert job is not None  # failure() answers a missing record
             done.append(job)
     except BaseException:
-        cancel(store, [q.id for q in queued[len(done) :]])
+        cancel(ctx.store, [q.id for q in queued[len(done) :]])
         raise
     return done
-
-
-# --- errors ---------------------------------------------------------------------
-def _from_api_error(exc: ApiError, renames: dict[str, str] | None = None) -> OpenAIHTTPError:
-    """Translate genq's error (as the shared limit checks raise it) to OpenAI's shape and status."""
-    field = exc.details[0].field if exc.details else None
-    param = (renames or {}).get(field, field) if field else None
-    if exc.status == 429:
-        return OpenAIHTTPError(429, exc.message, "requests", None, "rate_limit_exceeded", exc.headers)
-    if exc.status < 500:
-        status = 400 if exc.status == 422 else exc.status
-        return OpenAIHTTPError(
-            status, exc.message, "invalid_request_error", param, exc.code.value, exc.headers
-        )
-    return OpenAIHTTPError(exc.status, exc.message, "server_error", None, exc.code.value, exc.headers)
-
-
-@openai_bp.errorhandler(OpenAIHTTPError)
-def _openai_error(exc: OpenAIHTTPError) -> Response:
-    return exc.response()
-
-
-@openai_bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    return _from_api_error(exc).response()
-
-
-@openai_bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    message = exc.description or exc.name
-    if status == 413:
-        message = f"request body exceeds the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return OpenAIHTTPError(status, message, kind, None, exc.name.lower().replace(" ", "_")).response()
-
-
-@openai_bp.errorhandler(redis.RedisError)
-@openai_bp.errorhandler(OperationalError)
-def _store_down(exc: Exception) -> Response:
-    log.warning("job store unavailable: %s", exc)
-    message = "the job store (Redis) is unavailable; retry later"
-    headers = {"Retry-After": str(RETRY_AFTER_S)}
-    return OpenAIHTTPError(503, message, "server_error", None, "service_unavailable", headers).response()
-
-
-@openai_bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    log.exception("unhandled error")
-    return OpenAIHTTPError(500, "internal error", "server_error", None, "internal_error").response()

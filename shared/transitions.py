@@ -1,8 +1,22 @@
-"""Lua scripts that make each job-state transition atomic in Redis (compare-and-set)."""
+"""The job and batch state transitions, each one Lua script run atomically in Redis (compare-and-set).
+
+Every script starts with _KEYS, which defines the key prefixes of shared/keys.py as Lua locals
+(K_JOB, K_QUEUED, ...): the Lua names no key itself. JobStore and BatchStore register these scripts;
+nothing else runs them.
+"""
+
+import json
+
+from shared import keys
+
+# Lua locals named after shared/keys.py's prefixes; json.dumps gives a valid Lua string literal.
+_KEYS = "".join(f"local K_{name} = {json.dumps(value)}\n" for name, value in keys.LUA_PREFIXES.items())
 
 # KEYS: job, model's queued zset, tenant's queued zset, tenant's job list (zset).
 # ARGV: job id, max queued per model, now, ttl, max queued per tenant (0 = no limit), field/value pairs...
-CREATE = """
+CREATE = (
+    _KEYS
+    + """
 if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 'full' end
 if tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return 'tenant_full' end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
@@ -14,13 +28,16 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[3]) - tonumber(ARG
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 'ok'
 """
+)
 
 # A batch and all its jobs, stored in one step or not at all: the queued caps are checked for the
 # whole batch first, so no partial batch is ever stored (its messages are enqueued after this).
 # KEYS: batch, batch items. ARGV: now, ttl, max queued per model, max queued per tenant (0 = no
 # limit), tenant, then counted groups: models (name, jobs), batch fields (pairs), items (JSON),
 # and last every job as id, model, field count, fields (pairs).
-CREATE_BATCH = """
+CREATE_BATCH = (
+    _KEYS
+    + """
 local now, ttl, tenant = ARGV[1], ARGV[2], ARGV[5]
 local max_model, max_tenant = tonumber(ARGV[3]), tonumber(ARGV[4])
 local i = 6
@@ -29,10 +46,10 @@ for _ = 1, tonumber(ARGV[i]) do
   local m, n = ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 2
   total = total + n
-  if max_model > 0 and redis.call('ZCARD', 'genq:queued:' .. m) + n > max_model then return {'full', m} end
+  if max_model > 0 and redis.call('ZCARD', K_QUEUED .. m) + n > max_model then return {'full', m} end
 end
 i = i + 1
-if max_tenant > 0 and redis.call('ZCARD', 'genq:tqueued:' .. tenant) + total > max_tenant then
+if max_tenant > 0 and redis.call('ZCARD', K_TENANT_QUEUED .. tenant) + total > max_tenant then
   return {'tenant_full', tenant}
 end
 local n = tonumber(ARGV[i])
@@ -45,14 +62,14 @@ for first = i + 1, i + n, 500 do  -- in slices: unpack() has a stack limit
 end
 redis.call('EXPIRE', KEYS[2], ttl)
 i = i + n + 1
-local jobs = 'genq:tjobs:' .. tenant
+local jobs = K_TENANT_JOBS .. tenant
 while i <= #ARGV do
   local id, m, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local job = 'genq:job:' .. id
+  local job = K_JOB .. id
   redis.call('HSET', job, unpack(ARGV, i + 3, i + 2 + nf))
   redis.call('EXPIRE', job, ttl)
-  redis.call('ZADD', 'genq:queued:' .. m, now, id)
-  redis.call('ZADD', 'genq:tqueued:' .. tenant, now, id)
+  redis.call('ZADD', K_QUEUED .. m, now, id)
+  redis.call('ZADD', K_TENANT_QUEUED .. tenant, now, id)
   redis.call('ZADD', jobs, now, id)
   i = i + 3 + nf
 end
@@ -60,13 +77,14 @@ redis.call('ZREMRANGEBYSCORE', jobs, '-inf', tonumber(now) - tonumber(ttl))
 redis.call('EXPIRE', jobs, ttl)
 return {'ok'}
 """
+)
 
 # Leaving the queued state: drop the job from its model's and its tenant's queued sets.
 _UNQUEUE = """
 local function unqueue(job, id)
   local m, t = unpack(redis.call('HMGET', job, 'model', 'tenant'))
-  redis.call('ZREM', 'genq:queued:' .. m, id)
-  redis.call('ZREM', 'genq:tqueued:' .. (t or 'default'), id)
+  redis.call('ZREM', K_QUEUED .. m, id)
+  redis.call('ZREM', K_TENANT_QUEUED .. (t or 'default'), id)
 end
 """
 
@@ -79,7 +97,7 @@ local function schedule(key, kind, id, event, delivery, now)
   if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
   local d = {id = delivery, event = event, attempt = 1, url = url}
   d[kind .. '_id'] = id
-  redis.call('ZADD', 'genq:webhooks:due', now, cjson.encode(d))
+  redis.call('ZADD', K_WEBHOOKS_DUE, now, cjson.encode(d))
   redis.call('HSET', key, 'webhook:' .. event, cjson.encode({status = 'pending', attempts = 0}))
 end
 -- A job's delivery id names its attempt: a rerun after a lost worker starts again.
@@ -96,7 +114,7 @@ end
 local function batch_started(job, now)
   local b = redis.call('HGET', job, 'batch')
   if not b then return end
-  local key = 'genq:batch:' .. b
+  local key = K_BATCH .. b
   if redis.call('EXISTS', key) == 1 and redis.call('HSETNX', key, 'started_at', now) == 1 then
     notify_batch(key, b, 'started', now)
   end
@@ -106,7 +124,7 @@ end
 local function batch_ended(job, now)
   local b = redis.call('HGET', job, 'batch')
   if not b then return end
-  local key = 'genq:batch:' .. b
+  local key = K_BATCH .. b
   if redis.call('EXISTS', key) == 0 then return end
   if redis.call('HINCRBY', key, 'ended', 1) == tonumber(redis.call('HGET', key, 'total')) then
     redis.call('HSET', key, 'finished_at', now)
@@ -119,11 +137,11 @@ end
 local function ended(job, events, id, status, now)
   local m = redis.call('HGET', job, 'model')
   local ttl = redis.call('TTL', job)
-  redis.call('SADD', 'genq:metrics:models', m)
-  redis.call('HINCRBY', 'genq:metrics:jobs:' .. m, status, 1)
+  redis.call('SADD', K_METRICS_MODELS, m)
+  redis.call('HINCRBY', K_METRICS_JOBS .. m, status, 1)
   redis.call('XADD', events, '*', 'type', 'done', 'data', status)
   redis.call('EXPIRE', events, ttl)
-  local over = 'genq:job:' .. id .. ':ended'
+  local over = K_JOB .. id .. K_ENDED_SUFFIX
   redis.call('XADD', over, '*', 'status', status)
   redis.call('EXPIRE', over, ttl)
   notify(job, id, 'completed', now)
@@ -135,7 +153,8 @@ end
 # deadline fails as expired instead. KEYS: job, events, running zset.
 # ARGV: job id, now, worker, device, lease expiry, expired-error JSON.
 CLAIM = (
-    _UNQUEUE
+    _KEYS
+    + _UNQUEUE
     + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -163,7 +182,8 @@ return 'claimed'
 # finish only a job it still holds (not one requeued after its lease lapsed and run elsewhere).
 # KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any), terminal statuses...
 FINISH = (
-    _UNQUEUE
+    _KEYS
+    + _UNQUEUE
     + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -184,7 +204,8 @@ return 'ok'
 # A queued job is cancelled at once; a running one is flagged for its worker to stop.
 # KEYS: job, events. ARGV: job id, now.
 CANCEL = (
-    _UNQUEUE
+    _KEYS
+    + _UNQUEUE
     + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -204,7 +225,8 @@ return st
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
 # ARGV: job id, now, max attempts, worker_lost-error JSON.
 REQUEUE = (
-    _NOTIFY
+    _KEYS
+    + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
@@ -226,8 +248,8 @@ if final then
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
 local m, t = unpack(redis.call('HMGET', KEYS[1], 'model', 'tenant'))
-redis.call('ZADD', 'genq:queued:' .. m, ARGV[2], ARGV[1])
-redis.call('ZADD', 'genq:tqueued:' .. (t or 'default'), ARGV[2], ARGV[1])
+redis.call('ZADD', K_QUEUED .. m, ARGV[2], ARGV[1])
+redis.call('ZADD', K_TENANT_QUEUED .. (t or 'default'), ARGV[2], ARGV[1])
 -- Streams restart: clients drop the text of the lost attempt on a reset event.
 redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
 redis.call('EXPIRE', KEYS[2], ttl)

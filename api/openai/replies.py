@@ -1,19 +1,18 @@
-"""Shape genq jobs as OpenAI answers: completion bodies, streamed chunks, and errors."""
+"""Shape genq jobs as OpenAI answers: completion bodies, streamed chunks, and what a failed job means."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import Response, jsonify
 from pydantic import BaseModel
 
-from api.openai_schemas import (
+from api.errors import OpenAIHTTPError
+from api.events import KEEPALIVE, data_event, merged_events
+from api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -23,15 +22,11 @@ from api.openai_schemas import (
     CompletionChoice,
     CompletionChunk,
     CompletionUsage,
-    OpenAIError,
-    OpenAIErrorResponse,
 )
 from api.waiters import Hub
-from shared import keys
 from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
 
-KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
 DONE = "data: [DONE]\n\n"  # OpenAI's end of stream
 
 # OpenAI knows only stop and length: a cancelled job stopped early, a timed-out one was cut by a limit.
@@ -43,34 +38,6 @@ FINISH = {
     FinishReason.TIMEOUT: "length",
 }
 REQUEST_ERRORS = {ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.NO_CHAT_TEMPLATE}  # the request's fault: 400
-
-
-class OpenAIHTTPError(Exception):
-    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
-        self.error = OpenAIError(message=message, type=type_, param=param, code=code)
-
-    def response(self) -> Response:
-        """Return the JSON error response."""
-        resp = jsonify(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
-        resp.status_code = self.status
-        resp.headers.update(self.headers)
-        return resp
-
-    def chunk(self) -> str:
-        """Return the error as one server-sent event (openai clients raise APIError on it)."""
-        return _sse(OpenAIErrorResponse(error=self.error).model_dump(mode="json"))
 
 
 class Diverged(Exception):
@@ -105,10 +72,6 @@ def usage(jobs: list[JobPublic]) -> CompletionUsage:
 
 def _finish(job: JobPublic) -> str:
     return FINISH[job.output.finish_reason] if job.output else "stop"
-
-
-def _sse(body: dict) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
 @dataclass(frozen=True)
@@ -171,7 +134,7 @@ class Reply:
         data = body.model_dump(mode="json")
         if not self.include_usage:
             data.pop("usage")
-        return _sse(data)
+        return data_event(data)
 
 
 class _Sent:
@@ -205,34 +168,6 @@ class _Sent:
         return delta
 
 
-def _events(store: JobStore, hub: Hub, job_ids: list[str], sock: Any) -> Iterator[tuple[int, dict] | None]:
-    """Yield (choice index, event) from all the jobs' streams as they come; None when idle a while."""
-    streams = {keys.events(j): i for i, j in enumerate(job_ids)}
-    open_keys = set(streams)
-    idle_since = time.monotonic()
-    with hub.subscribe(dict.fromkeys(streams, "0-0"), sock) as sub:
-        while open_keys:
-            got = sub.get(max(0.0, idle_since + KEEPALIVE_S - time.monotonic()))
-            if sub.gone:
-                return
-            for key, _, fields in got:
-                if key not in open_keys:
-                    continue
-                yield streams[key], fields
-                if fields.get("type") == EVENT_DONE:
-                    open_keys.discard(key)
-            if got:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= KEEPALIVE_S:
-                idle_since = time.monotonic()
-                for key in sorted(open_keys):  # a stream that expired before its record ends like job_events
-                    job = store.get(job_ids[streams[key]])
-                    if job is None or job.status.is_terminal:
-                        open_keys.discard(key)
-                        yield streams[key], {"type": EVENT_DONE}
-                yield None
-
-
 def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: Any = None) -> Iterator[str]:
     """Yield a request's chunks, choice i from job i, then usage (if asked) and [DONE].
 
@@ -244,9 +179,9 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
         if reply.chat:
             for i in range(len(job_ids)):
                 yield reply.chunk(i)
-        for item in _events(store, hub, job_ids, sock):
+        for item in merged_events(store, hub, job_ids, sock):
             if item is None:
-                yield ": keepalive\n\n"
+                yield KEEPALIVE
                 continue
             i, event = item
             kind = event.get("type")
@@ -263,6 +198,7 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
                     yield error.chunk()
                     yield DONE
                     return
+                assert job is not None  # failure() answers a missing record
                 ended[i] = job
                 delta = sent[i].final(job.output.text if job.output else "")
                 if delta:
