@@ -31,7 +31,7 @@ def _queued_jobs(store: JobStore, n: int) -> list[str]:
 
 def _finish(store: JobStore, ids: list[str]) -> None:
     for job_id in ids:
-        assert store.claim(job_id, "w", "cpu") == "claimed"
+        assert store.claim(job_id, "w", "cpu").outcome == "claimed"
         store.publish_tokens({job_id: "done soon"})
         assert store.finish(
             job_id, Status.SUCCEEDED, holder="w", output={"text": "done soon", "finish_reason": "stop"}
