@@ -16,7 +16,7 @@ from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel://"
 HEALTH_CHECK_S = 30  # seconds between checks of an idle pooled connection
-POOL_WAIT_S = 20  # longest wait for a free pooled connection, in seconds
+POOL_WAIT_S = 60  # longest wait for a free pooled connection (a burst of ends queues here), in s
 SENTINEL_TIMEOUT_S = 1.0  # how long one Sentinel may take to answer, in seconds
 
 
