@@ -24,7 +24,9 @@ RUN pip install \
       limits==5.8.0 \
       flask-swagger-ui==5.34.0 \
       prometheus-client==0.26.0 \
-      rich==15.0.0
+      rich==15.0.0 \
+      llguidance==1.9.1 \
+      jsonschema-rs==0.60.3
 
 # --no-deps: the worker-only dependencies (torch, transformers, ...) stay out of this image.
 COPY pyproject.toml README.md ./

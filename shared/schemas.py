@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.constraints import ConstraintFields
+
 MAX_STOP_STRINGS = 4  # stop sequences per job
 MAX_STOP_CHARS = 64  # characters per stop sequence
 MAX_METADATA_DEPTH = 8  # nesting levels of metadata objects and lists
@@ -95,6 +97,8 @@ class ErrorCode(StrEnum):
     WORKER_LOST = "worker_lost"  # its worker died on every attempt
     TOO_MANY_WAITERS = "too_many_waiters"  # open streams + long polls past a tenant's or a process's cap
     SERVICE_UNAVAILABLE = "service_unavailable"
+    GRAMMAR_INVALID = "grammar_invalid"  # the job's constraint cannot be compiled by the worker
+    GRAMMAR_TOO_COMPLEX = "grammar_too_complex"  # its constraint exceeds the compile limits (time or fuel)
     INTERNAL = "internal_error"
 
 
@@ -184,7 +188,7 @@ class Webhook(BaseModel):
         return value
 
 
-class JobCreate(GenerationParams):
+class JobCreate(GenerationParams, ConstraintFields):
     """A client's request for one generation job."""
 
     # The schema says what _one_input enforces, so generated clients and fuzzers send valid jobs.

@@ -13,6 +13,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 API_DEPS = {
+    "llguidance",  # the API checks constraints with the worker's grammar compiler (no torch)
+    "jsonschema-rs",
     "celery",
     "kombu",
     "redis",

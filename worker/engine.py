@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from shared.constraints import ConstraintFields
 from shared.schemas import ErrorCode, FinishReason
+from worker.grammar import Constraint, GrammarBook, GrammarError, mask_logits
 from worker.sampling import RowParams, next_tokens
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class Request:
     ignore_eos: bool = False
     deadline: float | None = None  # Unix seconds; past it the job stops with finish reason TIMEOUT
     solo: bool = False  # run with no other job in the batch (a job whose last worker died)
+    constraint: Constraint | None = None  # grammar the output must follow (from Engine.grammars)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class _Row:
     prefix_offset: int = 0  # incremental detokenization window, as in TGI
     read_offset: int = 0
     first_token: float | None = None  # perf_counter() when the first token was appended
+    cut: bool = False  # a stop string matched and text was cut before it
 
 
 class Engine:
@@ -108,6 +112,23 @@ class Engine:
         self._seen: torch.Tensor | None = None  # [rows, vocab] tokens each row has seen (repetition penalty)
         self._wake = threading.Event()
         self.threads: set[str] = set()  # names of the threads that have run steps (a worker: one)
+        self._grammars: GrammarBook | None = None
+        self._grammars_lock = threading.Lock()
+
+    @property
+    def grammars(self) -> GrammarBook:
+        """Return this model's grammar compiler and cache, built on first use (~0.5 s)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarBook(self.tokenizer, self.vocab, self.eos_ids)
+            return self._grammars
+
+    def constraint(self, fields: ConstraintFields) -> Constraint | None:
+        """Compile a job's constraint on the calling thread (never the engine's); GenerationError if bad."""
+        try:
+            return self.grammars.constraint(fields)
+        except GrammarError as exc:
+            raise GenerationError(exc.code, str(exc)) from None
 
     # --- inputs -------------------------------------------------------------
     def encode(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
@@ -257,6 +278,9 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, first: int) -> torch.Tensor:
         rows = self._rows[first:]
+        grammars = [(i, r.req.constraint) for i, r in enumerate(rows) if r.req.constraint is not None]
+        if grammars:  # rows without a grammar keep their logits untouched
+            mask_logits(logits, [i for i, _ in grammars], [c for _, c in grammars])
         assert self._seen is not None  # set before the first row is sampled
         seen = self._seen[first:] if any(r.req.params.repetition_penalty != 1.0 for r in rows) else None
         tokens = next_tokens(logits, [r.req.params for r in rows], [r.generator for r in rows], seen)
@@ -273,12 +297,16 @@ class Engine:
             i = first + offset
             row = self._rows[i]
             if token in self.eos_ids and not row.req.ignore_eos:
-                finished[i] = FinishReason.EOS
+                # A grammar lets EOS through only once the output is whole: that is a stop.
+                finished[i] = FinishReason.EOS if row.req.constraint is None else FinishReason.STOP
                 continue
             row.ids.append(token)
+            grammar_done = row.req.constraint is not None and _take(row.req.constraint, token)
             if row.first_token is None:
                 row.first_token = made_at
             reason = self._extend_text(row)
+            if reason is None and grammar_done:
+                reason = FinishReason.STOP
             if reason is None and len(row.ids) >= row.req.max_new_tokens:
                 reason = FinishReason.LENGTH
             if reason is not None:
@@ -324,7 +352,7 @@ class Engine:
             if row.req.stop:
                 cut = _find_stop(row.text, row.req.stop, max(0, start - max(map(len, row.req.stop))))
                 if cut is not None:
-                    row.text = row.text[:cut]
+                    row.text, row.cut = row.text[:cut], True
                     return FinishReason.STOP
         return None
 
@@ -335,8 +363,8 @@ class Engine:
         # the final text extends the streamed text, so a stream always adds up to the result.
         prefix = self.tokenizer.decode(row.ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
         tail = self.tokenizer.decode(row.ids[row.prefix_offset :], skip_special_tokens=True)
-        text = row.text if reason is FinishReason.STOP else row.text + tail[len(prefix) :]
-        if row.req.stop and reason is not FinishReason.STOP:
+        text = row.text if row.cut else row.text + tail[len(prefix) :]
+        if row.req.stop and not row.cut:
             cut = _find_stop(text, row.req.stop, max(0, len(row.text) - max(map(len, row.req.stop))))
             if cut is not None:
                 text, reason = text[:cut], FinishReason.STOP
@@ -368,6 +396,17 @@ class Engine:
         for layer in self._cache.layers:
             layer.keys = layer.keys[idx, :, start:]
             layer.values = layer.values[idx, :, start:]
+
+
+def _take(constraint: Constraint, token: int) -> bool:
+    """Advance a row's grammar by its new token; return True once the grammar is complete."""
+    constraint.take(token)
+    if constraint.error is not None:
+        # HACK: a matcher out of fuel mid-output; its mask allowed nothing useful, so end the row
+        # as if complete rather than fail the batch (its text then may not match).
+        log.warning("grammar matcher failed: %s", constraint.error)
+        return True
+    return constraint.complete
 
 
 def _generator(req: Request, device: torch.device) -> torch.Generator | None:

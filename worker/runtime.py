@@ -235,6 +235,7 @@ class Runtime:
         if self.settings.fault_injection and CRASH_MARKER in (job.prompt or json.dumps(messages)):
             os.kill(os.getpid(), signal.SIGKILL)  # a poison job, for the fault-injection tests
         req = jobflow.engine_request(rec, input_ids)
+        req.constraint = self.engine.constraint(job)  # compiled here, on the job's thread
         result = self.engine.submit(req).result()
         finished = time.time()
         out = jobflow.outcome(rec, req, result, started, finished, tokenize_s)

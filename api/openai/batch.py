@@ -18,6 +18,7 @@ from api.errors import OpenAIHTTPError, invalid
 from api.openai.replies import Reply, failure
 from api.openai.routes import request_jobs
 from shared.batchstore import MISSING, BatchRecord
+from shared.constraints import ToolCalls
 from shared.jobstore import JobStore
 from shared.records import JobRecord
 from shared.schemas import MAX_CUSTOM_ID_CHARS, BatchItem, ErrorCode, Status
@@ -76,6 +77,7 @@ def _outcome(job_id: str, rec: JobRecord | None) -> dict[str, Any]:
         created=int(job.finished_at or job.created_at),
         model=job.model,
         include_usage=True,
+        tool_calls=ToolCalls(rec.request["tool_calls"]) if rec.request.get("tool_calls") else None,
     )
     error = failure(job, reply.prompt_param)
     if error is not None:

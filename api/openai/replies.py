@@ -23,7 +23,9 @@ from api.openai.schemas import (
     CompletionChunk,
     CompletionUsage,
 )
+from api.openai.toolcalls import tool_calls_of
 from api.waiters import Hub
+from shared.constraints import ToolCalls
 from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
 
@@ -70,7 +72,9 @@ def usage(jobs: list[JobPublic]) -> CompletionUsage:
     )
 
 
-def _finish(job: JobPublic) -> str:
+def _finish(job: JobPublic, calls: list | None = None) -> str:
+    if calls:
+        return "tool_calls"
     return FINISH[job.output.finish_reason] if job.output else "stop"
 
 
@@ -83,6 +87,7 @@ class Reply:
     created: int
     model: str
     include_usage: bool = False
+    tool_calls: ToolCalls | None = None  # read outputs as tool calls (api/openai/toolcalls.py)
 
     @property
     def prompt_param(self) -> str:
@@ -93,14 +98,12 @@ class Reply:
         """Return the whole answer for finished jobs, choice i from job i."""
         head = {"id": self.id, "created": self.created, "model": self.model, "usage": usage(jobs)}
         if self.chat:
-            choices = [
-                ChatChoice(
-                    index=i,
-                    message=AssistantMessage(content=j.output.text if j.output else ""),
-                    finish_reason=_finish(j),
-                )
-                for i, j in enumerate(jobs)
-            ]
+            choices = []
+            for i, j in enumerate(jobs):
+                calls = tool_calls_of(j, self.tool_calls)
+                message = AssistantMessage(content=None if calls else (j.output.text if j.output else ""))
+                message.tool_calls = calls
+                choices.append(ChatChoice(index=i, message=message, finish_reason=_finish(j, calls)))
             return ChatCompletion(**head, choices=choices)
         texts = [
             CompletionChoice(index=i, text=j.output.text if j.output else "", finish_reason=_finish(j))
@@ -108,13 +111,17 @@ class Reply:
         ]
         return Completion(**head, choices=texts)
 
-    def chunk(self, index: int, text: str | None = None, finish: str | None = None) -> str:
-        """Return one chunk: the role (chat, text None), new text, or a choice's finish_reason."""
+    def chunk(
+        self, index: int, text: str | None = None, finish: str | None = None, calls: list | None = None
+    ) -> str:
+        """Return one chunk: the role (chat, text None), new text, tool calls, or a choice's finish_reason."""
         head = {"id": self.id, "created": self.created, "model": self.model}
         if self.chat:
-            delta = {"role": "assistant", "content": ""} if text is None and finish is None else {}
+            delta: dict = {"role": "assistant", "content": ""} if text is calls is finish is None else {}
             if text is not None:
                 delta["content"] = text
+            if calls:  # whole calls in one delta: OpenAI clients join argument pieces, one piece included
+                delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
             choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish)
             body: BaseModel = ChatCompletionChunk(**head, choices=[choice])
         else:
@@ -185,7 +192,7 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
                 continue
             i, event = item
             kind = event.get("type")
-            if kind == EVENT_TOKEN:
+            if kind == EVENT_TOKEN and reply.tool_calls is None:
                 delta = sent[i].feed(event.get("data", ""))
                 if delta:
                     yield reply.chunk(i, delta)
@@ -200,10 +207,15 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
                     return
                 assert job is not None  # failure() answers a missing record
                 ended[i] = job
-                delta = sent[i].final(job.output.text if job.output else "")
-                if delta:
-                    yield reply.chunk(i, delta)
-                yield reply.chunk(i, finish=_finish(job))
+                # Tool-call answers are only known to be calls once whole: sent at the end, as calls or text.
+                calls = tool_calls_of(job, reply.tool_calls)
+                if calls:
+                    yield reply.chunk(i, calls=calls)
+                else:
+                    delta = sent[i].final(job.output.text if job.output else "")
+                    if delta:
+                        yield reply.chunk(i, delta)
+                yield reply.chunk(i, finish=_finish(job, calls))
         if reply.include_usage:
             yield reply.usage_chunk(list(ended.values()))
         yield DONE

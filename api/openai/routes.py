@@ -19,6 +19,8 @@ from api.errors import ApiError, OpenAIHTTPError, openai, register_error_handler
 from api.events import event_stream
 from api.openai.replies import Reply, cancel, failure, stream
 from api.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from api.openai.structured import constraint_fields
+from api.openai.tools import plan, render_messages
 from api.submit import check_limits, submit
 from api.waiters import request_socket
 from api.wire import read_json_object
@@ -55,11 +57,22 @@ def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[A
     """Validate an OpenAI request body for this path and build its n checked jobs (OpenAIHTTPError if not)."""
     if path == CHAT_PATH:
         req = _validate(ChatCompletionRequest, data)
-        messages = [_message(i, m) for i, m in enumerate(req.messages)]
+        tools, constraint = plan(req), constraint_fields(req)
+        if constraint and "json_schema" in tools.fields:
+            message = (
+                "a forced tool call constrains the output already; drop response_format or genq's constraint"
+            )
+            raise OpenAIHTTPError(400, message, param="tool_choice", code="invalid_value")
+        inputs = {
+            "messages": render_messages(req.messages, _message, tools.note),
+            **constraint,
+            **tools.fields,
+        }
         budget = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        return req, _jobs(settings, req, {"messages": messages}, getattr(req, budget), budget)
+        return req, _jobs(settings, req, inputs, getattr(req, budget), budget)
     req = _validate(CompletionRequest, data)
-    return req, _jobs(settings, req, {"prompt": req.text}, req.max_tokens, "max_tokens")
+    inputs = {"prompt": req.text, **constraint_fields(req)}
+    return req, _jobs(settings, req, inputs, req.max_tokens, "max_tokens")
 
 
 def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
@@ -78,6 +91,7 @@ def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
         created=int(time.time()),
         model=queued[0].model,
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
+        tool_calls=jobs[0].tool_calls,
     )
     headers = {"X-Genq-Job-Ids": ",".join(j.id for j in queued)}  # to follow or cancel them via /v1/jobs
     if req.stream:

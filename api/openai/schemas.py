@@ -15,7 +15,7 @@ MAX_TEMPERATURE = 2.0  # OpenAI's range is 0 to 2 (genq's own API allows up to 5
 MAX_SEED = 2**63 - 1 - MAX_N  # choice i runs with seed + i, which must fit genq's 63-bit seeds
 MAX_USER_CHARS = 256  # the `user` string, stored in the jobs' metadata
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 # --- requests -----------------------------------------------------------------
@@ -69,6 +69,11 @@ class _CreateRequest(BaseModel):
     top_k: int | None = None  # keep the k likeliest tokens; 0 = all
     repetition_penalty: float | None = None  # > 1 discourages repeats
     ignore_eos: bool | None = None  # keep generating to max_tokens
+    # Structured output (docs/structured-output.md): OpenAI's response_format, or one of genq's own
+    response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
+    json_schema: dict[str, Any] | None = None  # the output is JSON valid against this schema
+    regex: str | None = None  # the output matches this regex
+    choice: list[str] | None = None  # the output is exactly one of these strings
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
@@ -89,22 +94,16 @@ class ChatCompletionRequest(_CreateRequest):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # wins over max_tokens
     logprobs: bool | None = None  # only false is supported
     top_logprobs: int | None = None  # only 0 is supported
-    tools: list[Any] | None = None  # only empty is supported
-    functions: list[Any] | None = None  # only empty is supported
-    tool_choice: Any = None  # only "none" is supported
-    response_format: dict[str, Any] | None = None  # only {"type": "text"} is supported
+    tools: list[Any] | None = None  # functions the model may call (api/openai/tools.py)
+    functions: list[Any] | None = None  # only empty is supported (the deprecated form of tools)
+    tool_choice: Any = None  # none, auto (the default with tools), required, or {"type": "function", ...}
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
         if self.logprobs or self.top_logprobs:
             return ("logprobs" if self.logprobs else "top_logprobs"), "log probabilities are not supported"
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                return name, f"'{name}' (tool calling) is not supported"
-        if self.tool_choice not in (None, "none"):
-            return "tool_choice", "'tool_choice' (tool calling) is not supported"
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            return "response_format", "only response_format {'type': 'text'} is supported"
+        if self.functions:
+            return "functions", "'functions' is not supported; send 'tools'"
         return super().unsupported()
 
 
@@ -147,10 +146,11 @@ class CompletionUsage(BaseModel):
 
 
 class AssistantMessage(BaseModel):
-    """The generated message of one chat choice."""
+    """The generated message of one chat choice: text, or tool calls (content null)."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None  # [{"id", "type": "function", "function": {...}}]
 
 
 class ChatChoice(BaseModel):
@@ -177,7 +177,7 @@ class ChatChunkChoice(BaseModel):
     """One choice's increment in a streamed chat chunk."""
 
     index: int
-    delta: dict[str, str]  # {"role": "assistant", "content": ""} first, then {"content": ...}, {} last
+    delta: dict[str, Any]  # {"role": "assistant", "content": ""} first, then {"content": ...}, {} last
     logprobs: None = None
     finish_reason: FinishReason | None = None
 
