@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import redis
 
-from bench.processes import GENQ, ROOT, BenchError, _env, _until, start_redis, supervisor
-from genq.supervisor import Supervisor, free_port
+from bench.processes import ROOT, BenchError, start_api, start_redis, supervisor
+from genq.supervisor import Supervisor
 from shared import keys
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import JobCreate, Status
@@ -43,14 +43,13 @@ MIB = 2**20
 TARGETS_MS = {"healthz_p99": 100, "submit_p99": 200}
 
 
-def start_api(children: Supervisor, redis_url: str, cache_dir: Path, model: str, waiters: int) -> str:
+def start_waiting_api(children: Supervisor, redis_url: str, cache_dir: Path, model: str, waiters: int) -> str:
     """Start `genq api` with 2 processes of this worker class, caps raised above the load."""
-    port = free_port()
-    env = _env(
+    return start_api(
+        children,
         redis_url,
         cache_dir,
-        host="127.0.0.1",
-        port=port,
+        f"api-{model}",
         api_workers=2,
         api_worker_class=model,
         api_worker_connections=waiters + 2000,
@@ -60,18 +59,6 @@ def start_api(children: Supervisor, redis_url: str, cache_dir: Path, model: str,
         max_queued_per_tenant=0,
         rate_limit="100000000/minute",
     )
-    children.start(f"api-{model}", [*GENQ, "api"], env)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    _until(healthy, 60, "the API to answer /healthz", children)
-    return base
 
 
 def api_rss(base_pid: int) -> int:
@@ -236,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             store = JobStore(redis.Redis.from_url(url, decode_responses=True), 3600)
             for model in args.models.split(","):
                 store.r.flushall()
-                base = start_api(children, url, Path(tmp) / "cache", model, args.streams + args.polls)
+                base = start_waiting_api(children, url, Path(tmp) / "cache", model, args.streams + args.polls)
                 api = children.children[-1]
                 results[model] = asyncio.run(load(base, store, args, api.pid))
                 children.stop(api)
