@@ -110,7 +110,7 @@ class Guarded:
 
 
 class WaiterCollector(Collector):
-    """Open waiters for /metrics: this process's count and caps, and each tenant's across processes."""
+    """Open waiters for /metrics, as this process sees them (hence `genq_api_`: they differ by process)."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -127,7 +127,7 @@ class WaiterCollector(Collector):
         limit.add_metric(["tenant"], self.hub.tenants.cap)
         yield limit
         tenants = GaugeMetricFamily(
-            "genq_open_waiters", "Open streams and long polls per tenant, all processes", labels=["tenant"]
+            "genq_api_tenant_waiters", "Tenants' open waiters, all processes, as last read", labels=["tenant"]
         )
         for tenant, count in sorted(self.hub.tenants.totals.items()):
             tenants.add_metric([tenant], count)

@@ -147,7 +147,8 @@ def test_a_tenant_past_its_cap_gets_429_and_a_hang_up_frees_its_waiter(
                 held.append(writer)
             loop = asyncio.get_running_loop()
             await _until(lambda: _open_waiters(store) == 3, 30, "3 open waiters")
-            await _until(lambda: _metric(base, "genq_open_waiters") == 3, 10, "/metrics to count 3 waiters")
+            counted = lambda: _metric(base, "genq_api_tenant_waiters") == 3  # noqa: E731
+            await _until(counted, 10, "/metrics to count 3 waiters")
             assert _metric(base, "genq_api_open_waiters") == 3
             for path in (f"/v1/jobs/{ids[0]}?wait=5", f"/v1/jobs/{ids[0]}/stream"):
                 refused = await waitclient.request(base, "GET", path)
