@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, request, url_for
 from pydantic import ValidationError
 
-from api import idempotency
+from api import idempotency, quota
 from api.context import Context, current
 from api.errors import ApiError, invalid, validation_details
 from api.openai import batch as openai_batch
@@ -147,7 +147,7 @@ def parse_batch(settings: Settings) -> tuple[list[tuple[str, JobCreate]], BatchO
 def _never_fits(settings: Settings, jobs: list[JobCreate]) -> None:
     """Refuse (413) a batch larger than a queued cap: it could not be taken even by an empty queue."""
     caps = [(n, settings.max_queued, f"model {m!r}") for m, n in Counter(j.model for j in jobs).items()]
-    caps.append((len(jobs), settings.max_queued_per_tenant, "your tenant"))
+    caps.append((len(jobs), quota.queued_cap(settings), "your tenant"))
     for n, cap, what in caps:
         if cap and n > cap:
             raise _too_large(f"batch has {n} jobs for {what}, whose queued cap is {cap}; split it")
@@ -162,13 +162,15 @@ def _full(what: str, cap: int, n: int, code: ErrorCode) -> ApiError:
     )
 
 
-def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str], tenant: str) -> None:
+def _withdraw(store: JobStore, batches: BatchStore, batch_id: str, job_ids: list[str]) -> None:
     """Undo a stored batch whose messages could not all be sent: cancel its jobs, forget the rest."""
     batches.delete(batch_id)  # first: its jobs' ends then count towards no batch (no webhook)
     for job_id in job_ids:
         # HACK: a job a worker took meanwhile is only flagged, and ends cancelled within a step.
-        if store.cancel(job_id) == "cancelled":
-            store.delete(job_id)  # and from its tenant's job list
+        # Deleting a queued one first works with Redis full, when no write (and no claim) can; it
+        # leaves no record, nor an entry in its tenant's job list.
+        if store.delete(job_id) not in ("deleted", None):
+            store.cancel(job_id)
 
 
 @batches_bp.post("/v1/batches")
@@ -206,6 +208,8 @@ def _submit_batch(
     """Store the batch and its jobs in one step, then enqueue each job; on a failure keep nothing."""
     settings, store, batches, tenant = ctx.settings, ctx.store, ctx.batches, ctx.tenant
     _never_fits(settings, [job for _, job in jobs])
+    quota.check_budget(settings, tenant)
+    tenant_cap = quota.queued_cap(settings)
     new = [BatchJob(custom_id, new_job_id(), job, deadline_of(settings, job)) for custom_id, job in jobs]
     try:
         record = batches.create(
@@ -216,12 +220,11 @@ def _submit_batch(
             options.webhook,
             fmt,
             settings.max_queued,
-            settings.max_queued_per_tenant,
+            tenant_cap,
+            quota.key_id(),
         )
     except TenantQueueFull:
-        raise _full(
-            "your tenant", settings.max_queued_per_tenant, len(new), ErrorCode.TENANT_QUEUE_FULL
-        ) from None
+        raise _full("your tenant", tenant_cap, len(new), ErrorCode.TENANT_QUEUE_FULL) from None
     except QueueFull as exc:
         n = sum(j.request.model == str(exc) for j in new)
         raise _full(f"model {str(exc)!r}", settings.max_queued, n, ErrorCode.QUEUE_FULL) from None
@@ -234,7 +237,7 @@ def _submit_batch(
         # Only Redis failing midway gets here; a job whose message is lost would still be re-sent
         # by the reconciler, but the client is told "refused", so nothing may run.
         with contextlib.suppress(Exception):
-            _withdraw(store, batches, batch_id, [j.job_id for j in new], tenant)
+            _withdraw(store, batches, batch_id, [j.job_id for j in new])
         raise
     batches.submitted(batch_id)
     return record

@@ -1,15 +1,11 @@
-"""The API's operator commands: `genq api` (gunicorn) and `genq keys create`."""
+"""The API's operator commands: `genq api` (gunicorn) and `genq keys ...` (api/keys_cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from pathlib import Path
 from typing import Any
-
-TENANT_NAME = r"[A-Za-z0-9._-]{1,64}"  # what a tenant may be called (it appears in keys and metrics)
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -42,23 +38,6 @@ def _api(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _keys_create(args: argparse.Namespace) -> int:
-    from api.auth import add_key
-
-    if not re.fullmatch(TENANT_NAME, args.tenant):
-        print("genq: a tenant name is 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr)
-        return 2
-    path = Path(args.file or os.environ.get("GENQ_API_KEYS_FILE") or ".genq/api-keys")
-    key = add_key(path, args.tenant)
-    print(key)
-    print(
-        f"genq: key for tenant {args.tenant!r} created; only its hash is stored in {path}. "
-        f"Shown once: keep it now. The API reads the file when GENQ_API_KEYS_FILE={path} is set.",
-        file=sys.stderr,
-    )
-    return 0
-
-
 def add_commands(sub: Any) -> None:
     """Add `api` and `keys` to the genq command's subparsers (imports Flask only when they run)."""
     p = sub.add_parser("api", help="run the HTTP API under gunicorn")
@@ -66,9 +45,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--port", type=int)
     p.set_defaults(func=_api)
 
-    p = sub.add_parser("keys", help="manage API keys")
-    keys_sub = p.add_subparsers(dest="keys_command", required=True)
-    k = keys_sub.add_parser("create", help="create a key for a tenant; prints it once, stores only its hash")
-    k.add_argument("--tenant", required=True)
-    k.add_argument("--file", help="keys file (default: GENQ_API_KEYS_FILE, else .genq/api-keys)")
-    k.set_defaults(func=_keys_create)
+    from api import keys_cli
+
+    keys_cli.add_commands(sub)  # genq keys create|list|revoke|limits|usage: Redis directly, no API needed

@@ -16,6 +16,7 @@ from api.waiters import Hub
 from shared.batchstore import BatchStore
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
+from shared.keystore import KeyStore
 from shared.redisconn import connect
 from shared.settings import Settings
 from shared.waitstore import WaitStore
@@ -32,9 +33,14 @@ class Context:
     celery: Celery
     waiters: Hub  # open streams and long polls share its Redis readers (api/waiters.py)
     batches: BatchStore = field(init=False)
+    keys: KeyStore = field(init=False)  # runtime API keys, tenants' limits and usage
 
     def __post_init__(self) -> None:
         self.batches = BatchStore(self.store)
+        # Its own connection (lazy): the store's is the store's alone (tests/test_store_boundary.py).
+        self.keys = KeyStore(
+            connect(self.settings.redis_url, self.settings.redis_sentinel_master), self.settings.key_cache_s
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> Context:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # what a 503 tells clients to wait, in seconds
 RATE_LIMIT_RETRY_S = 60  # what a 429 from the rate limiter says when it names no window, in seconds
 STORE_DOWN = "the job store (Redis) is unavailable; retry later"
+STORE_FULL = "the job store (Redis) is full; nothing was stored; retry later"
 
 _HTTP_CODES = {
     400: ErrorCode.MALFORMED_JSON,
@@ -88,6 +89,17 @@ def invalid(code: ErrorCode, message: str, field: str | None = None) -> ApiError
     return ApiError(422, code, message, details)
 
 
+def store_full(exc: BaseException) -> bool:
+    """Return True when Redis refused a write for want of memory (maxmemory under noeviction);
+    kombu wraps the error, so its causes are searched too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def validation_details(exc: ValidationError) -> list[ErrorDetail]:
     """Name each bad field of a pydantic error, as dotted paths."""
     return [
@@ -103,10 +115,12 @@ def classify(exc: Exception) -> ApiError:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     if isinstance(exc, redis.RedisError | OperationalError):
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if store_full(exc):  # up but at maxmemory: every write refused, nothing stored half-way
+            log.warning("job store full: %s", exc)
+            return ApiError(503, ErrorCode.STORE_FULL, STORE_FULL, headers=retry)
         log.warning("job store unavailable: %s", exc)
-        return ApiError(
-            503, ErrorCode.SERVICE_UNAVAILABLE, STORE_DOWN, headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
+        return ApiError(503, ErrorCode.SERVICE_UNAVAILABLE, STORE_DOWN, headers=retry)
     log.error("unhandled error", exc_info=exc)
     return ApiError(500, ErrorCode.INTERNAL, "internal error")
 
@@ -136,6 +150,9 @@ def to_openai(exc: ApiError, renames: dict[str, str] | None = None) -> OpenAIHTT
     """Translate genq's error to OpenAI's shape and status; renames maps genq field names to OpenAI's."""
     field = exc.details[0].field if exc.details else None
     param = (renames or {}).get(field, field) if field else None
+    if exc.code is ErrorCode.BUDGET_EXCEEDED:  # OpenAI's word for a spent budget
+        quota = "insufficient_quota"
+        return OpenAIHTTPError(429, exc.message, quota, None, quota, exc.headers)
     if exc.status == 429:
         return OpenAIHTTPError(429, exc.message, "requests", None, "rate_limit_exceeded", exc.headers)
     if exc.status < 500:

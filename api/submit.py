@@ -12,6 +12,7 @@ import time
 
 from celery import Celery
 
+from api import quota
 from api.errors import ApiError, invalid
 from shared.celery_app import enqueue
 from shared.jobstore import JobStore, QueueFull, TenantQueueFull, new_job_id
@@ -102,6 +103,8 @@ def submit(
     """Store a checked job, then enqueue it: 429 past either queued cap; never a record without a message."""
     spec = settings.model(job.model)
     assert spec is not None, "check_limits first"
+    quota.check_budget(settings, tenant)
+    tenant_cap = quota.queued_cap(settings)
     job_id = job_id or new_job_id()
     deadline = deadline_of(settings, job)
     try:
@@ -112,14 +115,15 @@ def submit(
             settings.max_queued,
             deadline,
             tenant,
-            settings.max_queued_per_tenant,
+            tenant_cap,
+            key_id=quota.key_id(),
         )
         enqueue(celery, spec.queue, job_id, job.priority)
     except TenantQueueFull:
         raise ApiError(
             429,
             ErrorCode.TENANT_QUEUE_FULL,
-            f"you already have {settings.max_queued_per_tenant} queued jobs; retry later",
+            f"you already have {tenant_cap} queued jobs; retry later",
             headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
         ) from None
     except QueueFull:

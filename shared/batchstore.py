@@ -87,6 +87,7 @@ class BatchStore:
         fmt: BatchFormat = BatchFormat.GENQ,
         max_queued: int = 0,
         max_tenant_queued: int = 0,
+        key_id: str | None = None,
     ) -> BatchRecord:
         """Store a batch and all its queued jobs in one step (QueueFull past either cap, nothing stored).
 
@@ -107,7 +108,7 @@ class BatchStore:
         args += [len(jobs), *(json.dumps([j.custom_id, j.job_id]) for j in jobs)]
         for j in jobs:
             fields = JobRecord.new(
-                j.job_id, str(j.request.model), j.request, now, j.deadline, tenant, batch_id
+                j.job_id, str(j.request.model), j.request, now, j.deadline, tenant, batch_id, key_id
             ).pairs()
             args += [j.job_id, j.request.model, len(fields), *fields]
         done = self._create(keys=[keys.batch(batch_id), keys.batch_items(batch_id)], args=args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery
 from kombu import Queue
 from kombu.transport import redis as kombu_redis
@@ -73,11 +74,21 @@ def _ack(self: Any, delivery_tag: Any) -> Any:
     return _kombu_ack(self, delivery_tag)
 
 
+def _recover_from_full_redis() -> None:
+    """Count Redis's out-of-memory refusal among the broker errors a worker recovers from."""
+    # HACK: kombu files OutOfMemoryError (a ResponseError) as a channel error; Celery calls that
+    # unrecoverable and the worker stops consuming for good when Redis reaches maxmemory. As a
+    # connection error, the consumer reconnects and goes on once memory is freed.
+    if redis.exceptions.OutOfMemoryError not in kombu_redis.Transport.connection_errors:
+        kombu_redis.Transport.connection_errors += (redis.exceptions.OutOfMemoryError,)
+
+
 def make_celery(settings: Settings) -> Celery:
     """Build the Celery app for these settings; no result backend (the job store holds results)."""
     # Idempotent; see _restore_unacked and _ack.
     kombu_redis.QoS.restore_unacked = _restore_unacked  # type: ignore[method-assign]
     kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
+    _recover_from_full_redis()
     app = Celery("genq", broker=settings.redis_url)
     transport: dict[str, object] = {"visibility_timeout": 3600, "priority_steps": PRIORITY_STEPS}
     if is_sentinel(settings.redis_url):  # kombu asks the Sentinels for this master

@@ -28,6 +28,9 @@ EVENT_RESET = "reset"  # the job's worker died: drop the text streamed so far, i
 EVENT_DONE = "done"  # the job reached a terminal state; always the last event
 _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
+_EXPIRED_ERROR = json.dumps(
+    {"code": ErrorCode.EXPIRED.value, "message": "the job's deadline passed before a worker could start it"}
+)
 
 __all__ = ["DEFAULT_TENANT", "Claim", "JobStore", "QueueFull", "TenantQueueFull", "new_job_id"]
 
@@ -64,6 +67,9 @@ class JobStore:
         self._finish = client.register_script(transitions.FINISH)
         self._cancel = client.register_script(transitions.CANCEL)
         self._requeue = client.register_script(transitions.REQUEUE)
+        self._expire = client.register_script(transitions.EXPIRE)
+        self._delete = client.register_script(transitions.DELETE_QUEUED)
+        self._unlock = client.register_script(transitions.UNLOCK)
         # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection.
         self.ended_waiter: Callable[[str, float], None] | None = None
 
@@ -77,10 +83,11 @@ class JobStore:
         deadline: float | None = None,
         tenant: str = DEFAULT_TENANT,
         max_tenant_queued: int = 0,
+        key_id: str | None = None,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
         now = time.time()
-        record = JobRecord.new(job_id, model, request, now, deadline, tenant)
+        record = JobRecord.new(job_id, model, request, now, deadline, tenant, key_id=key_id)
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
             args=[job_id, max_queued, repr(now), self.ttl_s, max_tenant_queued, *record.pairs()],
@@ -149,39 +156,41 @@ class JobStore:
         rec = self.record(job_id)
         if rec is None or (tenant is not None and rec.tenant != tenant):
             return None
+        overdue = rec.status is Status.QUEUED and time.time() > (rec.deadline or float("inf"))
+        # Overdue: expire it now rather than answer 'queued' until a sweep or a worker comes.
+        if overdue and self.expire(job_id) == "expired":
+            rec = self.record(job_id) or rec
         return rec.public()
 
     def ping(self) -> None:
         """Raise unless Redis answers (readiness checks)."""
         self.r.ping()
 
+    def expire(self, job_id: str) -> str | None:
+        """Fail a queued job past its deadline as expired: 'expired', else the status that forbids it."""
+        return self._expire(
+            keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(time.time()), _EXPIRED_ERROR]
+        )
+
+    def unlock(self, key: str, token: str) -> None:
+        """Release a lock taken with SET NX under this token, unless it lapsed and another took it."""
+        self._unlock(keys=[key], args=[token])
+
     def owns(self, job_id: str, tenant: str) -> bool:
         """Return True when the job exists and belongs to the tenant."""
         return self.r.hget(keys.job(job_id), "tenant") == tenant
 
-    def delete(self, job_id: str) -> None:
-        """Remove a job whose enqueue failed, so that no record (nor its tenant's list) claims it exists."""
-        model, tenant = self.r.hmget(keys.job(job_id), "model", "tenant")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(keys.job(job_id), keys.events(job_id), keys.ended(job_id))
-        if model:
-            pipe.zrem(keys.queued(model), job_id)
-        if tenant:
-            pipe.zrem(keys.tenant_jobs(tenant), job_id)
-        pipe.execute()
+    def delete(self, job_id: str) -> str | None:
+        """Remove a still-queued job whose enqueue failed (works with Redis full): 'deleted', else
+        the status that keeps it (None if unknown)."""
+        return self._delete(keys=[keys.job(job_id), keys.events(job_id), keys.ended(job_id)], args=[job_id])
 
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> Claim:
         """Move a queued job to running under a lease; the Claim holds its record once claimed."""
         now = time.time()
-        expired = json.dumps(
-            {
-                "code": ErrorCode.EXPIRED.value,
-                "message": "the job's deadline passed before a worker could start it",
-            }
-        )
         outcome = self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(now), worker, device, repr(now + lease_s), expired],
+            args=[job_id, repr(now), worker, device, repr(now + lease_s), _EXPIRED_ERROR],
         )
         # Read after the transition: the lease makes the job this worker's until it finishes it.
         return Claim(outcome, self.record(job_id) if outcome == "claimed" else None)
@@ -192,17 +201,18 @@ class JobStore:
             until = time.time() + lease_s
             self.r.zadd(keys.RUNNING, dict.fromkeys(job_ids, until), xx=True)
 
-    def requeue(self, job_id: str, max_attempts: int) -> str | None:
-        """Put back a running job whose lease lapsed: 'requeued', or its terminal status."""
-        lost = json.dumps(
-            {
-                "code": ErrorCode.WORKER_LOST.value,
-                "message": f"the job's worker died on each of its {max_attempts} attempts",
-            }
-        )
+    def requeue(
+        self, job_id: str, max_attempts: int, holder: str = "", error: dict | None = None
+    ) -> str | None:
+        """Put back a running job whose lease lapsed, or that its holder hands back: 'requeued',
+        'alive', or its terminal status (failed with error, default worker_lost, past max_attempts)."""
+        lost = error or {
+            "code": ErrorCode.WORKER_LOST.value,
+            "message": f"the job's worker died on each of its {max_attempts} attempts",
+        }
         return self._requeue(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(time.time()), max_attempts, lost],
+            args=[job_id, repr(time.time()), max_attempts, json.dumps(lost), holder],
         )
 
     def finish(self, job_id: str, status: Status, holder: str = "", **fields: Any) -> bool:

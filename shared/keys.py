@@ -32,6 +32,18 @@ METRICS_MODELS = f"{METRICS}:models"  # set: every model that has recorded a job
 METRICS_TOKENS = f"{METRICS}:tokens"  # hash: model → completion tokens generated
 METRICS_JOBS = f"{METRICS}:jobs:"  # hash per model: final status → count
 
+# Runtime API keys, tenants' limits and usage (shared/keystore.py, shared/usage.py).
+API_KEY = f"{PREFIX}:apikey:"  # hash per key, named by the key's SHA-256 (hex): its record
+API_KEY_ID = f"{PREFIX}:apikey-id:"  # string per key id: the key's SHA-256 (hex), to revoke by id
+API_KEYS = f"{PREFIX}:apikeys"  # zset: every runtime key's id → when it was created (Unix seconds)
+AUDIT = f"{PREFIX}:audit"  # stream: one entry per key created or revoked, or limits changed
+TENANT_LIMITS = f"{PREFIX}:limits:"  # hash per tenant: its overrides of the global limits
+USAGE_TENANT = f"{PREFIX}:usage:tenant:"  # hash per tenant and UTC day ("<tenant>:<day>")
+USAGE_KEY = f"{PREFIX}:usage:key:"  # hash per key id and UTC day ("<key id>:<day>")
+USAGE_KEY_IDS = f"{PREFIX}:usage:keys:"  # set per tenant and UTC day: the key ids its jobs came with
+METRICS_TENANTS = f"{METRICS}:tenants"  # set: every tenant that has had a job end
+METRICS_TENANT = f"{METRICS}:tenant:"  # hash per tenant: all-time counters for /metrics
+
 # What the Lua reads: each name becomes a Lua local of the same name, prefixed K_ (K_QUEUED, ...).
 LUA_PREFIXES = {
     "JOB": JOB,
@@ -43,6 +55,11 @@ LUA_PREFIXES = {
     "WEBHOOKS_DUE": WEBHOOKS_DUE,
     "METRICS_MODELS": METRICS_MODELS,
     "METRICS_JOBS": METRICS_JOBS,
+    "USAGE_TENANT": USAGE_TENANT,
+    "USAGE_KEY": USAGE_KEY,
+    "USAGE_KEY_IDS": USAGE_KEY_IDS,
+    "METRICS_TENANTS": METRICS_TENANTS,
+    "METRICS_TENANT": METRICS_TENANT,
 }
 
 
@@ -89,6 +106,41 @@ def tenant_queued(tenant: str) -> str:
 def tenant_jobs(tenant: str) -> str:
     """Return the zset of a tenant's jobs, scored by creation time (GET /v1/jobs)."""
     return TENANT_JOBS + tenant
+
+
+def api_key(digest: str) -> str:
+    """Return the hash of a runtime API key, named by the key's SHA-256 (hex): its one lookup."""
+    return API_KEY + digest
+
+
+def api_key_id(key_id: str) -> str:
+    """Return the string that maps a key's public id to its SHA-256 (hex), for revoking by id."""
+    return API_KEY_ID + key_id
+
+
+def tenant_limits(tenant: str) -> str:
+    """Return the hash of a tenant's limits that override the global defaults."""
+    return TENANT_LIMITS + tenant
+
+
+def usage_tenant(tenant: str, day: int) -> str:
+    """Return the hash of a tenant's usage on one UTC day (days since 1970-01-01)."""
+    return f"{USAGE_TENANT}{tenant}:{day}"
+
+
+def usage_key(key_id: str, day: int) -> str:
+    """Return the hash of one API key's usage on one UTC day."""
+    return f"{USAGE_KEY}{key_id}:{day}"
+
+
+def usage_key_ids(tenant: str, day: int) -> str:
+    """Return the set of the key ids a tenant's jobs that ended on one UTC day were submitted with."""
+    return f"{USAGE_KEY_IDS}{tenant}:{day}"
+
+
+def metrics_tenant(tenant: str) -> str:
+    """Return the hash of a tenant's all-time counters for /metrics: status → jobs, and tokens."""
+    return METRICS_TENANT + tenant
 
 
 def batch(batch_id: str) -> str:

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from shared import keys
+from shared import keys, usage
 from shared.schemas import TERMINAL
 
 if TYPE_CHECKING:
@@ -178,3 +178,4 @@ class GenqCollector(Collector):
         ):
             ready.add_metric([model, device], n)
         yield ready
+        yield from usage.tenant_metrics(r, self.settings.metrics_max_tenants)

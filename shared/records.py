@@ -51,6 +51,7 @@ class JobRecord:
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] = ()
     batch_id: str | None = None
+    key_id: str | None = None  # the API key it came with: its end counts towards that key's usage
     started_at: float | None = None
     finished_at: float | None = None
     worker: str | None = None
@@ -74,6 +75,7 @@ class JobRecord:
         deadline: float | None,
         tenant: str = DEFAULT_TENANT,
         batch_id: str | None = None,
+        key_id: str | None = None,
     ) -> JobRecord:
         """Return the record of a newly accepted, queued job; a sampled job without a seed gets one here.
 
@@ -97,6 +99,7 @@ class JobRecord:
             webhook_url=webhook.url if webhook else None,  # the Lua schedules its deliveries
             webhook_events=tuple(webhook.events) if webhook else (),
             batch_id=batch_id,  # its start and end count towards the batch's (shared/transitions.py)
+            key_id=key_id,  # its end counts towards the key's usage (shared/usage.py)
         )
 
     @classmethod
@@ -118,6 +121,7 @@ class JobRecord:
             webhook_url=h.get("webhook_url"),
             webhook_events=tuple(h["webhook_events"].split(",")) if h.get("webhook_events") else (),
             batch_id=h.get("batch"),
+            key_id=h.get("key_id"),
             started_at=_float(h.get("started_at")),
             finished_at=_float(h.get("finished_at")),
             worker=h.get("worker"),
@@ -152,6 +156,7 @@ class JobRecord:
             "webhook_url": self.webhook_url,
             "webhook_events": ",".join(self.webhook_events) or None,
             "batch": self.batch_id,
+            "key_id": self.key_id,
             "started_at": None if self.started_at is None else repr(self.started_at),
             "finished_at": None if self.finished_at is None else repr(self.finished_at),
             "worker": self.worker,

@@ -7,7 +7,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from shared.constraints import ConstraintFields
 
@@ -22,6 +30,45 @@ def _depth(value: Any) -> int:
     if isinstance(value, list):
         return 1 + max((_depth(v) for v in value), default=0)
     return 0
+
+
+# Sampling bounds: inside them the sampler's arithmetic stays finite in float32 (logits of about
+# ±30 divided by the smallest temperature and penalty stay far below 3.4e38); outside them, one
+# job's row could turn to inf/NaN. 0 is allowed where it means "off" (greedy).
+MIN_TEMPERATURE = 0.01  # smallest temperature that samples; 0 = greedy
+MAX_TEMPERATURE = 5.0  # flatter than this is noise
+MIN_TOP_P = 0.001  # smallest nucleus mass; below it a row is greedy in all but name
+MIN_REPETITION_PENALTY = 0.01  # divides seen tokens' logits by at most 100x
+MAX_REPETITION_PENALTY = 10.0
+MAX_TOP_K = 100_000  # tokens; above any vocabulary genq serves
+
+
+def zero_or(name: str, low: float, high: float) -> AfterValidator:
+    """Check that a finite float is 0 (off: greedy) or within [low, high]; -0.0 becomes 0.0."""
+
+    def check(value: float) -> float:
+        if value == 0:
+            return 0.0
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be 0 (greedy) or from {low:g} to {high:g}")
+        return value
+
+    return AfterValidator(check)
+
+
+def zero_or_schema(low: float, high: float) -> WithJsonSchema:
+    """The JSON schema of zero_or's range, so the OpenAPI document states the same bounds."""
+    return WithJsonSchema(
+        {"anyOf": [{"type": "number", "const": 0}, {"type": "number", "minimum": low, "maximum": high}]}
+    )
+
+
+Temperature = Annotated[
+    float,
+    Field(allow_inf_nan=False),
+    zero_or("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE),
+    zero_or_schema(MIN_TEMPERATURE, MAX_TEMPERATURE),
+]
 
 
 def _utf8(text: str) -> str:
@@ -87,6 +134,10 @@ class ErrorCode(StrEnum):
     TENANT_QUEUE_FULL = "tenant_queue_full"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
+    KEY_EXPIRED = "key_expired"  # the key was valid once; only its holder can be told so
+    KEY_REVOKED = "key_revoked"
+    FORBIDDEN = "forbidden"  # a valid key without the right (admin routes need an admin key)
+    BUDGET_EXCEEDED = "budget_exceeded"  # the tenant's tokens for today are spent; Retry-After: midnight UTC
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     WEBHOOKS_DISABLED = "webhooks_disabled"  # a job names a webhook but GENQ_WEBHOOK_SECRET is unset
     WEBHOOK_URL_REFUSED = "webhook_url_refused"  # the URL resolves to a private address, or not at all
@@ -95,6 +146,13 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"  # the deadline passed while the job was queued; it never ran
     TIMEOUT = "timeout"  # the deadline passed while it ran; partial text kept
     WORKER_LOST = "worker_lost"  # its worker died on every attempt
+    # This job's own row went wrong; the other jobs of its batch went on (see docs/faults.md).
+    SAMPLING_FAILED = "sampling_failed"  # its logits or probabilities were not finite, or sampling raised
+    DECODE_FAILED = "decode_failed"  # turning its tokens into text (or matching its stop strings) raised
+    FORWARD_FAILED = (
+        "forward_failed"  # the model's forward pass raised (out of memory, say) while it ran alone
+    )
+    STORE_FULL = "store_full"  # Redis reached its maxmemory; nothing was stored
     TOO_MANY_WAITERS = "too_many_waiters"  # open streams + long polls past a tenant's or a process's cap
     SERVICE_UNAVAILABLE = "service_unavailable"
     GRAMMAR_INVALID = "grammar_invalid"  # the job's constraint cannot be compiled by the worker
@@ -125,10 +183,15 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
-    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0  # 0 = greedy; < 1 sharper, > 1 flatter
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # nucleus mass kept; 1.0 = all tokens
-    top_k: Annotated[int, Field(ge=0, le=100_000)] = 0  # keep the k likeliest tokens; 0 = all
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0  # > 1 discourages repeats
+    # 0 = greedy; < 1 sharper, > 1 flatter
+    temperature: Temperature = 1.0
+    # nucleus mass kept; 1.0 = all tokens
+    top_p: Annotated[float, Field(ge=MIN_TOP_P, le=1.0, allow_inf_nan=False)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = 0  # keep the k likeliest tokens; 0 = all
+    # > 1 discourages repeats, < 1 encourages them; 1.0 = off
+    repetition_penalty: Annotated[
+        float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)
+    ] = 1.0
     do_sample: bool | None = None  # None = sample when temperature > 0; False forces greedy
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None  # same seed and input, same text
     stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
@@ -202,7 +265,9 @@ class JobCreate(GenerationParams, ConstraintFields):
     messages: list[Message] | None = None  # chat, rendered with the model's chat template
     metadata: dict[str, Any] | None = None  # echoed back unchanged
     priority: Priority = Priority.INTERACTIVE
-    timeout_s: Annotated[float, Field(gt=0)] | None = None  # deadline from submission; capped by settings
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = (
+        None  # deadline from submission; capped by settings
+    )
     webhook: Webhook | None = None  # POST the job there on these events, signed (see shared/webhooks.py)
 
     @field_validator("prompt")

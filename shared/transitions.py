@@ -7,7 +7,7 @@ nothing else runs them.
 
 import json
 
-from shared import keys
+from shared import keys, usage
 
 # Lua locals named after shared/keys.py's prefixes; json.dumps gives a valid Lua string literal.
 _KEYS = "".join(f"local K_{name} = {json.dumps(value)}\n" for name, value in keys.LUA_PREFIXES.items())
@@ -91,7 +91,9 @@ end
 # A job (or batch) whose webhook wants this event gets a delivery due now, in the same step as
 # the state change, so no event is lost between the two; a worker's sender POSTs it
 # (worker/webhooks.py). The delivery id stays the same across retries (receivers deduplicate on it).
-_NOTIFY = """
+_NOTIFY = (
+    usage.LUA
+    + """
 local function schedule(key, kind, id, event, delivery, now)
   local url, events = unpack(redis.call('HMGET', key, 'webhook_url', 'webhook_events'))
   if not url or not string.find(',' .. events .. ',', ',' .. event .. ',', 1, true) then return end
@@ -133,7 +135,7 @@ local function batch_ended(job, now)
 end
 -- Every terminal transition ends here, once: counted for /metrics (shared/metrics.py), the done
 -- event that closes streams, the ended entry that wakes long polls (they skip the token events),
--- the completed webhook, and the job's batch.
+-- the completed webhook, the job's batch, and its tenant's and key's usage (shared/usage.py).
 local function ended(job, events, id, status, now)
   local m = redis.call('HGET', job, 'model')
   local ttl = redis.call('TTL', job)
@@ -146,8 +148,10 @@ local function ended(job, events, id, status, now)
   redis.call('EXPIRE', over, ttl)
   notify(job, id, 'completed', now)
   batch_ended(job, now)
+  count_usage(job, status, now)
 end
 """
+)
 
 # queued → running, only from queued: a cancelled or finished job never starts; a job past its
 # deadline fails as expired instead. KEYS: job, events, running zset.
@@ -223,7 +227,8 @@ return st
 
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
-# ARGV: job id, now, max attempts, worker_lost-error JSON.
+# ARGV: job id, now, max attempts, worker_lost-error JSON, and optionally the worker holding it:
+# then its lease need not have lapsed (a worker hands back the jobs of a batch step that failed).
 REQUEUE = (
     _KEYS
     + _NOTIFY
@@ -231,7 +236,8 @@ REQUEUE = (
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if lease and tonumber(lease) > tonumber(ARGV[2]) then return 'alive' end
+local handed = ARGV[5] and ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') == ARGV[5]
+if lease and tonumber(lease) > tonumber(ARGV[2]) and not handed then return 'alive' end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local final = nil
@@ -254,5 +260,52 @@ redis.call('ZADD', K_TENANT_QUEUED .. (t or 'default'), ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
 redis.call('EXPIRE', KEYS[2], ttl)
 return 'requeued'
+"""
+)
+
+# A queued job past its deadline fails as expired, in one step: a read that finds it overdue
+# expires it at once (no worker or sweep needed), and a worker claiming it meanwhile cannot win
+# the race. KEYS: job, events. ARGV: job id, now, expired-error JSON.
+EXPIRE = (
+    _KEYS
+    + _UNQUEUE
+    + _NOTIFY
+    + """
+local st, deadline = unpack(redis.call('HMGET', KEYS[1], 'status', 'deadline'))
+if st ~= 'queued' then return st or false end
+if not deadline or tonumber(ARGV[2]) <= tonumber(deadline) then return 'queued' end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+unqueue(KEYS[1], ARGV[1])
+ended(KEYS[1], KEYS[2], ARGV[1], 'failed', ARGV[2])
+return 'expired'
+"""
+)
+
+# Release a lock only if this holder still holds it (it may have lapsed and been taken).
+# KEYS: lock. ARGV: holder's token.
+UNLOCK = (
+    _KEYS
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
+
+# Remove a job that was stored but could not be enqueued (or whose batch was withdrawn), if it is
+# still queued. DEL and ZREM come first: Redis lets a script that starts with them run when it is
+# out of memory, so a refused submission never leaves a record behind. KEYS: job, events, ended.
+# ARGV: job id. Returns 'deleted', else the status that keeps it (false if there is no record).
+DELETE_QUEUED = (
+    _KEYS
+    + """
+local st, m, t = unpack(redis.call('HMGET', KEYS[1], 'status', 'model', 'tenant'))
+if not st then return false end
+if st ~= 'queued' then return st end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+t = t or 'default'
+redis.call('ZREM', K_QUEUED .. m, ARGV[1])
+redis.call('ZREM', K_TENANT_QUEUED .. t, ARGV[1])
+redis.call('ZREM', K_TENANT_JOBS .. t, ARGV[1])
+return 'deleted'
 """
 )

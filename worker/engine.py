@@ -15,7 +15,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from shared.constraints import ConstraintFields
 from shared.schemas import ErrorCode, FinishReason
 from worker.grammar import Constraint, GrammarBook, GrammarError, mask_logits
-from worker.sampling import RowParams, next_tokens
+from worker.rowsafe import sample_rows
+from worker.sampling import RowParams
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,14 @@ class GenerationError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StepFailed(GenerationError):
+    """A batch step (a forward pass) raised: the job's own fault only if it ran alone."""
+
+    def __init__(self, exc: BaseException, solo: bool) -> None:
+        super().__init__(ErrorCode.FORWARD_FAILED, f"the model step failed: {type(exc).__name__}: {exc}")
+        self.solo = solo  # it ran alone (or was the only job admitted), so it cannot blame the others
 
 
 @dataclass
@@ -187,10 +196,11 @@ class Engine:
                 if self._rows:
                     self._decode()
         except Exception as exc:  # a failed forward fails its batch, never the engine
-            log.exception("generation step failed; failing %d jobs", len(self._rows))
+            log.exception("generation step failed; handing back %d jobs", len(self._rows))
+            solo = len(self._rows) == 1
             for row in self._rows:
                 if not row.future.done():
-                    row.future.set_exception(exc)
+                    row.future.set_exception(_step_failed(exc, solo or row.req.solo))
             self._reset()
 
     def _reset(self) -> None:
@@ -225,8 +235,8 @@ class Engine:
             )
         except Exception as exc:  # fail only the jobs being admitted; the running batch goes on
             log.exception("prefill of %d jobs failed", len(new))
-            for _, future in new:
-                future.set_exception(exc)
+            for req, future in new:
+                future.set_exception(_step_failed(exc, len(new) == 1 or req.solo))
             return
         seen = torch.zeros(len(new), self.vocab, dtype=torch.bool, device=self.device)
         for i, (r, _) in enumerate(new):
@@ -256,9 +266,9 @@ class Engine:
             self._seen = torch.cat([self._seen, seen])
         first = len(self._rows)
         self._rows.extend(rows)
-        tokens = self._sample(logits, first)
+        tokens, failed = self._sample(logits, first)
         self._last = tokens if self._last is None else torch.cat([self._last, tokens])
-        self._advance(tokens, first)
+        self._advance(tokens, first, failed)
 
     def _decode(self) -> None:
         assert self._mask is not None and self._last is not None  # a batch is running
@@ -272,23 +282,25 @@ class Engine:
             cache=self._cache,
             logits_to_keep=1,
         )
-        tokens = self._sample(out.logits[:, -1, :].float(), 0)
+        tokens, failed = self._sample(out.logits[:, -1, :].float(), 0)
         self._last = tokens
-        self._advance(tokens, 0)
+        self._advance(tokens, 0, failed)
 
-    def _sample(self, logits: torch.Tensor, first: int) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, first: int) -> tuple[torch.Tensor, dict[int, GenerationError]]:
+        """Pick each row's token; a row that cannot be sampled fails alone (its index → its error)."""
         rows = self._rows[first:]
         grammars = [(i, r.req.constraint) for i, r in enumerate(rows) if r.req.constraint is not None]
         if grammars:  # rows without a grammar keep their logits untouched
             mask_logits(logits, [i for i, _ in grammars], [c for _, c in grammars])
         assert self._seen is not None  # set before the first row is sampled
         seen = self._seen[first:] if any(r.req.params.repetition_penalty != 1.0 for r in rows) else None
-        tokens = next_tokens(logits, [r.req.params for r in rows], [r.generator for r in rows], seen)
+        tokens, bad = sample_rows(logits, [r.req.params for r in rows], [r.generator for r in rows], seen)
+        failed = {first + j: GenerationError(ErrorCode.SAMPLING_FAILED, why) for j, why in bad.items()}
         self._seen[torch.arange(first, first + len(rows), device=self.device), tokens] = True
-        return tokens
+        return tokens, failed
 
-    def _advance(self, tokens: torch.Tensor, first: int) -> None:
-        """Append each row's new token, report new text, and retire rows that finished."""
+    def _advance(self, tokens: torch.Tensor, first: int, failed: dict[int, GenerationError]) -> None:
+        """Append each row's new token, report new text, and retire rows that finished or failed."""
         finished: dict[int, FinishReason] = {}
         deltas: dict[str, str] = {}
         values = tokens.tolist()  # waits for the device, so made_at is when the tokens exist
@@ -296,6 +308,8 @@ class Engine:
         for offset, token in enumerate(values):
             i = first + offset
             row = self._rows[i]
+            if i in failed:
+                continue
             if token in self.eos_ids and not row.req.ignore_eos:
                 # A grammar lets EOS through only once the output is whole: that is a stop.
                 finished[i] = FinishReason.EOS if row.req.constraint is None else FinishReason.STOP
@@ -304,23 +318,26 @@ class Engine:
             grammar_done = row.req.constraint is not None and _take(row.req.constraint, token)
             if row.first_token is None:
                 row.first_token = made_at
-            reason = self._extend_text(row)
-            if reason is None and grammar_done:
-                reason = FinishReason.STOP
-            if reason is None and len(row.ids) >= row.req.max_new_tokens:
-                reason = FinishReason.LENGTH
-            if reason is not None:
-                finished[i] = reason
-            elif len(row.text) > row.emitted + _holdback(row):
-                upto = len(row.text) - _holdback(row)
-                deltas[row.req.id] = row.text[row.emitted : upto]
-                row.emitted = upto
+            try:
+                reason = self._extend_text(row)
+                if reason is None and grammar_done:
+                    reason = FinishReason.STOP
+                if reason is None and len(row.ids) >= row.req.max_new_tokens:
+                    reason = FinishReason.LENGTH
+                if reason is not None:
+                    finished[i] = reason
+                elif len(row.text) > row.emitted + _holdback(row):
+                    upto = len(row.text) - _holdback(row)
+                    deltas[row.req.id] = row.text[row.emitted : upto]
+                    row.emitted = upto
+            except Exception as exc:  # this row's text or stop strings only: the others go on
+                failed[i] = _decode_failed(row, exc)
         if first == 0:
-            running = [r.req.id for i, r in enumerate(self._rows) if i not in finished]
+            running = [r.req.id for i, r in enumerate(self._rows) if i not in finished and i not in failed]
             stopped = self.hooks.cancelled(running) if running else set()
             now = time.time()
             for i, r in enumerate(self._rows):
-                if i in finished:
+                if i in finished or i in failed:
                     continue
                 if r.req.id in stopped:
                     finished[i] = FinishReason.CANCELLED
@@ -328,7 +345,11 @@ class Engine:
                     finished[i] = FinishReason.TIMEOUT
         results = []
         for i, reason in finished.items():
-            delta, result = self._finish(self._rows[i], reason)
+            try:
+                delta, result = self._finish(self._rows[i], reason)
+            except Exception as exc:  # this row's final text only
+                failed[i] = _decode_failed(self._rows[i], exc)
+                continue
             results.append((self._rows[i].future, result))
             if delta:
                 deltas[self._rows[i].req.id] = deltas.get(self._rows[i].req.id, "") + delta
@@ -338,8 +359,11 @@ class Engine:
         # stream, so the last text must be on the stream first.
         for future, result in results:
             future.set_result(result)
-        if finished:
-            self._drop(sorted(finished))
+        for i, error in failed.items():
+            log.warning("job %s failed alone (%s): %s", self._rows[i].req.id, error.code.value, error)
+            self._rows[i].future.set_exception(error)
+        if finished or failed:
+            self._drop(sorted(set(finished) | set(failed)))
 
     def _extend_text(self, row: _Row) -> FinishReason | None:
         """Detokenize incrementally; return STOP (and cut the text) when a stop string appears."""
@@ -396,6 +420,19 @@ class Engine:
         for layer in self._cache.layers:
             layer.keys = layer.keys[idx, :, start:]
             layer.values = layer.values[idx, :, start:]
+
+
+def _step_failed(exc: BaseException, solo: bool) -> StepFailed:
+    failure = StepFailed(exc, solo)
+    failure.__cause__ = exc
+    return failure
+
+
+def _decode_failed(row: _Row, exc: Exception) -> GenerationError:
+    log.exception("job %s: detokenization failed", row.req.id)
+    return GenerationError(
+        ErrorCode.DECODE_FAILED, f"turning its tokens into text failed: {type(exc).__name__}"
+    )
 
 
 def _take(constraint: Constraint, token: int) -> bool:

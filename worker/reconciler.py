@@ -11,11 +11,12 @@ from collections import Counter
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from shared import keys
 from shared.celery_app import enqueue, queue_lists
 from shared.jobstore import JobStore
-from shared.schemas import ErrorCode, Status
+from shared.schemas import Status
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,15 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
+def resend(store: JobStore, app: Celery, job_id: str) -> None:
+    """Enqueue a new message for a queued job, at its priority (a rerun, or a lost message)."""
+    rec = store.record(job_id)
+    if rec is not None:  # else its record expired meanwhile: nothing is left to run
+        enqueue(app, keys.queue(rec.model), job_id, rec.priority, rec.attempts)
+
+
 class Reconciler:
-    """Runs in every worker; a Redis lock lets one sweep at a time across the fleet."""
+    """Runs in every API process and every worker; a Redis lock lets one sweep at a time."""
 
     def __init__(self, store: JobStore, app: Celery, settings: Settings) -> None:
         self.store = store
@@ -40,12 +48,13 @@ class Reconciler:
                 counts = self.sweep()
                 if counts:
                     log.info("reconciler: %s", dict(counts))
-            except redis.RedisError as exc:
+            except (redis.RedisError, OperationalError) as exc:  # kombu wraps Redis errors of a send
                 log.warning("reconciler sweep failed: %s", exc)
 
     def sweep(self) -> Counter:
         """Do one pass if no other worker is doing one; return what it changed."""
         token = secrets.token_hex(8)
+        # The lock's TTL (two intervals) frees it if its holder dies mid-sweep.
         if not self.r.set(keys.RECONCILER_LOCK, token, nx=True, px=int(self.interval_s * 2000)):
             return Counter()
         try:
@@ -53,13 +62,10 @@ class Reconciler:
             counts.update(self._stale_queued())
             return counts
         finally:
-            if self.r.get(keys.RECONCILER_LOCK) == token:
-                self.r.delete(keys.RECONCILER_LOCK)
+            self.store.unlock(keys.RECONCILER_LOCK, token)
 
     def _send(self, job_id: str) -> None:
-        rec = self.store.record(job_id)
-        if rec is not None:  # else its record expired meanwhile: nothing is left to run
-            enqueue(self.app, keys.queue(rec.model), job_id, rec.priority, rec.attempts)
+        resend(self.store, self.app, job_id)
 
     def _lapsed_leases(self) -> Counter:
         counts: Counter = Counter()
@@ -105,12 +111,7 @@ class Reconciler:
                     self.r.zrem(zset, job_id)  # ended, or its record expired
                     continue
                 if rec.deadline is not None and now > rec.deadline:
-                    error = {
-                        "code": ErrorCode.EXPIRED.value,
-                        "message": "the job's deadline passed before a worker could start it",
-                    }
-                    self.store.finish(job_id, Status.FAILED, error=error)
-                    counts["expired"] += 1
+                    counts[self.store.expire(job_id) or "gone"] += 1  # atomic: a claim may have won
                     continue
                 if present is None:
                     present = self._in_broker()

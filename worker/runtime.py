@@ -24,10 +24,11 @@ from shared.jobstore import JobStore
 from shared.records import JobRecord
 from shared.redisconn import connect
 from shared.schemas import ErrorCode, Status
-from shared.settings import CRASH_MARKER, ModelSpec, Settings
+from shared.settings import CRASH_MARKER, FORWARD_FAULT_MARKER, ModelSpec, Settings
 from worker import jobflow
-from worker.engine import Engine, GenerationError, Hooks, Request
-from worker.reconciler import Reconciler
+from worker.engine import Engine, GenerationError, Hooks, Request, StepFailed
+from worker.reconciler import Reconciler, resend
+from worker.rowsafe import fail_forward_on
 from worker.sampling import RowParams
 from worker.webhooks import SENDERS as WEBHOOK_SENDERS
 from worker.webhooks import WebhookSender
@@ -35,6 +36,9 @@ from worker.webhooks import WebhookSender
 log = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 60  # how long a finished job's result waits for Redis to come back
+# How long it waits while Redis is up but full (maxmemory, noeviction): the result is kept here
+# until an operator frees memory, as no write of anyone's can land meanwhile.
+FULL_RETRY_S = 3600
 GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 
@@ -73,6 +77,7 @@ class Runtime:
         self.host = socket.gethostname()
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
+        self.app: Celery | None = None  # set by start_heartbeat; sends the messages of handed-back jobs
         self.inflight: set[str] = set()  # jobs this worker has claimed and not yet finished
         self._stop = threading.Event()  # stops the engine
         self._leaving = threading.Event()  # stops the heartbeat
@@ -96,6 +101,8 @@ class Runtime:
             t0 = time.perf_counter()
             model, tokenizer = load_model(self.spec, self.device, self.settings.cache_dir)
             engine = Engine(model, tokenizer, self.settings.max_batch, self.spec.context_length)
+            if self.settings.fault_injection:
+                fail_forward_on(model, engine.encode(prompt=FORWARD_FAULT_MARKER)[-4:])
             # One tiny generation before announcing readiness: it pages the (lazily mapped) weights
             # in and warms the kernels, so the first real job does not pay for them. No hooks yet:
             # the warm-up is no job, and nothing of it goes to Redis.
@@ -111,6 +118,7 @@ class Runtime:
 
     def start_heartbeat(self, app: Celery) -> None:
         """Announce this worker as ready and keep announcing it; start the fleet's reconciler."""
+        self.app = app
         self._beat()
         self._spawn("genq-heartbeat", self._heartbeat_loop)
         self._spawn("genq-reconciler", Reconciler(self.store, app, self.settings).run, self._leaving)
@@ -177,15 +185,11 @@ class Runtime:
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
                 self._generate(rec)
+            except StepFailed as exc:
+                if exc.solo or not self._hand_back(job_id, exc):
+                    self._failed(job_id, exc)
             except GenerationError as exc:
-                error = jobflow.failure(exc.code, str(exc))
-                log.warning(
-                    "job %s failed: %s",
-                    job_id,
-                    exc.code.value,
-                    extra=self._fields("job failed", job_id, code=exc.code.value),
-                )
-                self._finish(job_id, Status.FAILED, error=error)
+                self._failed(job_id, exc)
             except Exception as exc:  # the worker must outlive any one job
                 code = ErrorCode.INTERNAL.value
                 log.exception(
@@ -196,10 +200,33 @@ class Runtime:
         finally:
             self.inflight.discard(job_id)
 
+    def _hand_back(self, job_id: str, exc: StepFailed) -> bool:
+        """Requeue a job whose batch step failed, to run alone (once); False if it could not be."""
+        error = {"code": exc.code.value, "message": str(exc)}
+        try:
+            outcome = self.store.requeue(job_id, self.settings.max_attempts, self.worker_id, error)
+            if outcome == "requeued" and self.app is not None:
+                resend(self.store, self.app, job_id)
+        except redis.RedisError as exc2:  # the reconciler re-sends it once its lease lapses
+            log.warning("job %s: could not hand back (%s)", job_id, exc2)
+            return True
+        log.warning("job %s handed back to run alone after a failed batch step: %s", job_id, outcome)
+        return outcome is not None
+
+    def _failed(self, job_id: str, exc: GenerationError) -> None:
+        error = jobflow.failure(exc.code, str(exc))
+        log.warning(
+            "job %s failed: %s",
+            job_id,
+            exc.code.value,
+            extra=self._fields("job failed", job_id, code=exc.code.value),
+        )
+        self._finish(job_id, Status.FAILED, error=error)
+
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
         """Store the result, waiting out a Redis outage (the lease keeps the job ours meanwhile);
         return False when the job had ended or moved on, so the result was not stored."""
-        deadline = time.monotonic() + FINISH_RETRY_S
+        started = time.monotonic()
         while True:
             try:
                 stored = self.store.finish(job_id, status, holder=self.worker_id, **fields)
@@ -207,7 +234,8 @@ class Runtime:
                     log.warning("job %s: result not stored, the job ended or moved on", job_id)
                 return stored
             except redis.RedisError as exc:
-                if time.monotonic() > deadline:
+                full = isinstance(exc, redis.exceptions.OutOfMemoryError)
+                if time.monotonic() - started > (FULL_RETRY_S if full else FINISH_RETRY_S):
                     raise  # the lease lapses and the reconciler runs the job again
                 log.warning("job %s: cannot store the result yet (%s); retrying", job_id, exc)
                 time.sleep(1)
@@ -226,7 +254,12 @@ class Runtime:
     def _generate(self, rec: JobRecord) -> None:
         """Run a claimed job on the engine and store its outcome (worker/jobflow.py shapes both)."""
         assert self.engine is not None
-        job = rec.job
+        try:  # the API checked it; a record written past the API (or by an older one) is checked again
+            job = rec.job
+        except ValueError as exc:
+            raise GenerationError(
+                ErrorCode.VALIDATION_ERROR, f"the stored request is not valid: {exc}"
+            ) from None
         started = time.time()
         t0 = time.perf_counter()
         messages = [m.model_dump(mode="json") for m in job.messages] if job.messages else None

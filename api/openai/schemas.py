@@ -10,10 +10,31 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.schemas import (
+    MAX_REPETITION_PENALTY,
+    MAX_TOP_K,
+    MIN_REPETITION_PENALTY,
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    zero_or,
+    zero_or_schema,
+)
+
 MAX_N = 8  # choices per request; each choice is its own genq job
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0 to 2 (genq's own API allows up to 5)
 MAX_SEED = 2**63 - 1 - MAX_N  # choice i runs with seed + i, which must fit genq's 63-bit seeds
 MAX_USER_CHARS = 256  # the `user` string, stored in the jobs' metadata
+MAX_PENALTY = 2.0  # OpenAI's range of frequency_penalty and presence_penalty is -2 to 2
+Temperature = Annotated[
+    float,
+    Field(allow_inf_nan=False),
+    zero_or("temperature", MIN_TEMPERATURE, MAX_TEMPERATURE),
+    zero_or_schema(MIN_TEMPERATURE, MAX_TEMPERATURE),
+]
+TopP = Annotated[
+    float, Field(allow_inf_nan=False), zero_or("top_p", MIN_TOP_P, 1.0), zero_or_schema(MIN_TOP_P, 1.0)
+]
+Penalty = Annotated[float, Field(ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)]
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -53,8 +74,8 @@ class _CreateRequest(BaseModel):
 
     model: str | None = None  # None = the catalog's first model
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # None = the model's default
-    temperature: Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE)] | None = None  # None = 1.0; 0 = greedy
-    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # None = 1.0; 0 = greedy
+    temperature: Temperature | None = None  # None = 1.0; 0 = greedy
+    top_p: TopP | None = None  # None = 1.0; 0 = greedy
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None  # None = 1; each choice is one job
     stop: str | list[str] | None = None  # up to 4; genq's job schema checks their sizes
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None  # choice i uses seed + i
@@ -62,12 +83,17 @@ class _CreateRequest(BaseModel):
     metadata: dict[str, str] | None = None  # kept in the jobs' metadata
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    frequency_penalty: float | None = None  # only 0 (OpenAI's default) is supported
-    presence_penalty: float | None = None  # only 0 is supported
-    logit_bias: dict[str, float] | None = None  # only empty is supported
+    frequency_penalty: Penalty | None = None  # only 0 (OpenAI's default) is supported
+    presence_penalty: Penalty | None = None  # only 0 is supported
+    logit_bias: dict[str, Annotated[float, Field(allow_inf_nan=False)]] | None = (
+        None  # only empty is supported
+    )
     # genq's own knobs, under the names vLLM also accepts (send them with extra_body)
-    top_k: int | None = None  # keep the k likeliest tokens; 0 = all
-    repetition_penalty: float | None = None  # > 1 discourages repeats
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] | None = None  # keep the k likeliest tokens; 0 = all
+    repetition_penalty: (
+        Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, allow_inf_nan=False)]
+        | None
+    ) = None  # > 1 discourages repeats
     ignore_eos: bool | None = None  # keep generating to max_tokens
     # Structured output (docs/structured-output.md): OpenAI's response_format, or one of genq's own
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
