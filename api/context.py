@@ -21,6 +21,7 @@ from shared.redisconn import connect
 from shared.settings import Settings
 from shared.waitstore import WaitStore
 
+KEYSTORE_CONNECTIONS = 4  # Redis connections of the key store per API process (plain redis:// URLs)
 EXTENSION = "genq"  # the app.extensions key the context lives under
 
 
@@ -38,9 +39,11 @@ class Context:
     def __post_init__(self) -> None:
         self.batches = BatchStore(self.store)
         # Its own connection (lazy): the store's is the store's alone (tests/test_store_boundary.py).
-        self.keys = KeyStore(
-            connect(self.settings.redis_url, self.settings.redis_sentinel_master), self.settings.key_cache_s
+        # A few connections, however many requests wait at once (api/waiters.py).
+        client = connect(
+            self.settings.redis_url, self.settings.redis_sentinel_master, max_connections=KEYSTORE_CONNECTIONS
         )
+        self.keys = KeyStore(client, self.settings.key_cache_s)
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
