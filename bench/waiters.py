@@ -153,8 +153,9 @@ def _open_count(r: redis.Redis) -> int:
 
 def _finish(store: JobStore, ids: list[str]) -> None:
     for job_id in ids:
-        store.claim(job_id, "bench", "cpu")
-        store.finish(job_id, Status.SUCCEEDED, holder="bench", output={"text": "ok", "finish_reason": "stop"})
+        attempt = store.claim(job_id, "bench", "cpu").attempt
+        output = {"text": "ok", "finish_reason": "stop"}
+        store.finish(job_id, Status.SUCCEEDED, holder="bench", attempt=attempt, output=output)
 
 
 async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: int) -> dict:

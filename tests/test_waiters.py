@@ -31,11 +31,11 @@ def _queued_jobs(store: JobStore, n: int) -> list[str]:
 
 def _finish(store: JobStore, ids: list[str]) -> None:
     for job_id in ids:
-        assert store.claim(job_id, "w", "cpu").outcome == "claimed"
-        store.publish_tokens({job_id: "done soon"})
-        assert store.finish(
-            job_id, Status.SUCCEEDED, holder="w", output={"text": "done soon", "finish_reason": "stop"}
-        )
+        claim = store.claim(job_id, "w", "cpu")
+        assert claim.outcome == "claimed"
+        store.publish_tokens({job_id: "done soon"}, {job_id: claim.attempt})
+        output = {"text": "done soon", "finish_reason": "stop"}
+        assert store.finish(job_id, Status.SUCCEEDED, holder="w", attempt=claim.attempt, output=output)
 
 
 def _open_waiters(store: JobStore) -> int:
