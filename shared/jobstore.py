@@ -80,6 +80,8 @@ class JobStore:
         self._expire = client.register_script(transitions.EXPIRE)
         self._delete = client.register_script(transitions.DELETE_QUEUED)
         self._unlock = client.register_script(transitions.UNLOCK)
+        # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection.
+        self.ended_waiter: Callable[[str, float], None] | None = None
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -331,6 +333,9 @@ class JobStore:
         job = self.get(job_id, tenant)
         if job is None or job.status.is_terminal or timeout_s <= 0:
             return job
+        if self.ended_waiter is not None:
+            self.ended_waiter(job_id, timeout_s)
+            return self.get(job_id, tenant)
         deadline = time.monotonic() + timeout_s
         while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # From the start of the stream: an end written before this call is seen at once.

@@ -153,6 +153,7 @@ class ErrorCode(StrEnum):
         "forward_failed"  # the model's forward pass raised (out of memory, say) while it ran alone
     )
     STORE_FULL = "store_full"  # Redis reached its maxmemory; nothing was stored
+    TOO_MANY_WAITERS = "too_many_waiters"  # open streams + long polls past a tenant's or a process's cap
     SERVICE_UNAVAILABLE = "service_unavailable"
     GRAMMAR_INVALID = "grammar_invalid"  # the job's constraint cannot be compiled by the worker
     GRAMMAR_TOO_COMPLEX = "grammar_too_complex"  # its constraint exceeds the compile limits (time or fuel)
