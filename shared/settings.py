@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker, one containing
     # FORWARD_FAULT_MARKER makes the prefill of its batch raise (fault-injection tests).
     fault_injection: bool = False
+    # Tests only: seconds added to this process's clock, as on a host whose clock is off. Leases
+    # are timed by Redis's clock, so a skewed worker neither loses nor outstays them.
+    test_clock_skew_s: float = 0.0
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"  # json: one object a line on stdout; text: for humans
 
