@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.genq-installed
 
-.PHONY: setup run test test-fast lint typecheck format model redis bench clean
+.PHONY: setup run test test-fast lint typecheck format model redis bench chaos clean
 
 setup: $(STAMP) redis
 
@@ -37,6 +37,15 @@ test-fast: setup
 bench: setup model
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.structured
+	$(BIN)/python -m bench.keys
+	$(BIN)/python -m bench.waiters
+
+# A nemesis soak (docs/chaos.md): kills and pauses workers, APIs and Redis under a mixed load for
+# CHAOS_SECONDS (default 300), then checks that nothing was lost, duplicated or mis-streamed.
+# CHAOS_SEED repeats a run; CHAOS_MODEL=smollm2 uses the bundled model instead of a tiny one.
+chaos: setup
+	$(BIN)/python -m chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

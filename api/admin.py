@@ -6,50 +6,34 @@ An admin key belongs to a tenant like any key: the job routes still show it only
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Annotated, Any
+from typing import Any, TypeVar
 
-from flask import Blueprint, Response, g, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from flask import Blueprint, Response, g, request
+from pydantic import BaseModel, ValidationError
 
+from api.admin_schemas import (
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyListQuery,
+    KeyPublic,
+    LimitsEffective,
+    LimitsUpdate,
+    TenantLimitsPublic,
+    UsageQuery,
+    UsageReport,
+)
 from api.context import current
 from api.errors import ApiError, invalid, validation_details
-from api.wire import read_json_object
+from api.wire import json_response, read_json_object
 from shared import usage
-from shared.keystore import TENANT_NAME, KeyStore, TenantLimits, parse_duration
+from shared.keystore import TENANT_NAME, KeyStore, TenantLimits
 from shared.schemas import ErrorCode, ErrorDetail
 from shared.settings import Settings
 
 admin_bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 usage_bp = Blueprint("usage", __name__)
-
-Tenant = Annotated[str, Field(pattern=TENANT_NAME.pattern)]
-Limit = Annotated[int, Field(ge=0)] | None
-
-
-class KeyCreate(BaseModel):
-    """What an operator sends to create a key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tenant: Tenant
-    label: Annotated[str, Field(max_length=200)] = ""
-    expires_in: str | Annotated[int, Field(ge=1)] | None = None  # '90d', '12h', ... or seconds; None = never
-    admin: bool = False  # may use /v1/admin
-
-    @field_validator("expires_in")
-    @classmethod
-    def _duration(cls, value: str | int | None) -> int | None:
-        return parse_duration(value) if isinstance(value, str) else value
-
-
-class LimitsUpdate(BaseModel):
-    """A tenant's limits to change: a number sets one (0 = unlimited), null restores the default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    requests_per_minute: Limit = None
-    max_queued: Limit = None
-    tokens_per_day: Limit = None
+M = TypeVar("M", bound=BaseModel)
 
 
 def _ctx() -> tuple[Settings, KeyStore]:
@@ -61,18 +45,15 @@ def _actor() -> str:
     return f"api-key:{g.key_id} (tenant {g.tenant})"
 
 
-def _reply(body: dict[str, Any], status: int = 200) -> Response:
-    resp = jsonify(body)
-    resp.status_code = status
-    return resp
-
-
-def _parse(model: type[BaseModel]) -> Any:
-    data = read_json_object()
+def _parse(model: type[M], data: dict[str, Any], what: str = "invalid request") -> M:
     try:
-        return model.model_validate(data), data
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "invalid request", validation_details(exc)) from None
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, what, validation_details(exc)) from None
+
+
+def _query(model: type[M]) -> M:
+    return _parse(model, request.args.to_dict(), "invalid query parameters")
 
 
 def _tenant(tenant: str) -> str:
@@ -93,18 +74,17 @@ def _admins_only() -> None:
 def create_key() -> Response:
     """Create a key: 201 with the key itself, shown this once, and its record."""
     _, store = _ctx()
-    body, _ = _parse(KeyCreate)
+    body = _parse(KeyCreate, read_json_object())
     key, record = store.create(body.tenant, body.label, body.expires_in, body.admin, _actor())
-    return _reply({"key": key, **record.public()}, 201)
+    return json_response(KeyCreated(key=key, **record.public()), 201)
 
 
 @admin_bp.get("/keys")
 def list_keys() -> Response:
     """List keys (?tenant= for one tenant's): ids, tenants, labels, times, prefixes; never a key or hash."""
     _, store = _ctx()
-    tenant = request.args.get("tenant")
-    records = store.records(_tenant(tenant) if tenant is not None else None)
-    return _reply({"object": "list", "data": [r.public() for r in records]})
+    query = _query(KeyListQuery)
+    return json_response(KeyList(data=[KeyPublic(**r.public()) for r in store.records(query.tenant)]))
 
 
 @admin_bp.delete("/keys/<key_id>")
@@ -114,52 +94,45 @@ def revoke_key(key_id: str) -> Response:
     record = store.revoke(key_id, _actor())
     if record is None:
         raise ApiError(404, ErrorCode.NOT_FOUND, f"no key {key_id!r}")
-    return _reply(record.public())
+    return json_response(KeyPublic(**record.public()))
 
 
-def limits_body(settings: Settings, tenant: str, own: TenantLimits) -> dict[str, Any]:
+def limits_body(settings: Settings, tenant: str, own: TenantLimits) -> TenantLimitsPublic:
     """Return a tenant's overrides and the limits in force for it."""
     rpm = own.requests_per_minute
-    return {
-        "tenant": tenant,
-        "overrides": {k: v for k, v in vars(own).items() if v is not None},
-        "effective": {
-            "rate_limit": settings.rate_limit if rpm is None else (f"{rpm}/minute" if rpm else ""),
-            "max_queued": settings.max_queued_per_tenant if own.max_queued is None else own.max_queued,
-            "tokens_per_day": settings.tokens_per_day if own.tokens_per_day is None else own.tokens_per_day,
-        },
-    }
+    return TenantLimitsPublic(
+        tenant=tenant,
+        overrides={k: v for k, v in vars(own).items() if v is not None},
+        effective=LimitsEffective(
+            rate_limit=settings.rate_limit if rpm is None else (f"{rpm}/minute" if rpm else ""),
+            max_queued=settings.max_queued_per_tenant if own.max_queued is None else own.max_queued,
+            tokens_per_day=settings.tokens_per_day if own.tokens_per_day is None else own.tokens_per_day,
+        ),
+    )
 
 
 @admin_bp.get("/tenants/<tenant>/limits")
 def get_limits(tenant: str) -> Response:
     """Show a tenant's own limits and those in force."""
     settings, store = _ctx()
-    return _reply(limits_body(settings, tenant, store.limits(_tenant(tenant), fresh=True)))
+    return json_response(limits_body(settings, tenant, store.limits(_tenant(tenant), fresh=True)))
 
 
 @admin_bp.patch("/tenants/<tenant>/limits")
 def set_limits(tenant: str) -> Response:
     """Change the limits named in the body (null = back to the default); the rest stay."""
     settings, store = _ctx()
-    body, raw = _parse(LimitsUpdate)
+    raw = read_json_object()
+    body = _parse(LimitsUpdate, raw)
     changes = {name: getattr(body, name) for name in raw}
     own = store.set_limits(_tenant(tenant), changes, _actor())
-    return _reply(limits_body(settings, tenant, own))
+    return json_response(limits_body(settings, tenant, own))
 
 
 def date_range() -> tuple[date, date]:
     """Return ?start= and ?end= (UTC dates, YYYY-MM-DD, inclusive; default today), or raise a 422."""
-    dates = {}
-    for name in ("start", "end"):
-        raw = request.args.get(name)
-        try:
-            dates[name] = date.fromisoformat(raw) if raw else usage.today()
-        except ValueError:
-            raise invalid(
-                ErrorCode.VALIDATION_ERROR, f"{name} must be a date YYYY-MM-DD, got {raw!r}", name
-            ) from None
-    start, end = dates["start"], dates["end"]
+    query = _query(UsageQuery)
+    start, end = query.start or usage.today(), query.end or usage.today()
     if start > end or end - start >= timedelta(days=usage.MAX_RANGE_DAYS):
         raise ApiError(
             422,
@@ -174,11 +147,11 @@ def date_range() -> tuple[date, date]:
 def tenant_usage(tenant: str) -> Response:
     """Any tenant's usage, per UTC day and per key."""
     _, store = _ctx()
-    return _reply(store.usage(_tenant(tenant), *date_range()))
+    return json_response(UsageReport(**store.usage(_tenant(tenant), *date_range())))
 
 
 @usage_bp.get("/v1/usage")
 def own_usage() -> Response:
     """The caller's tenant's usage from ?start= to ?end= (UTC dates): jobs by status and tokens."""
     _, store = _ctx()
-    return _reply(store.usage(g.tenant, *date_range()))
+    return json_response(UsageReport(**store.usage(g.tenant, *date_range())))

@@ -23,12 +23,13 @@ from api.tokenizer import PATHS as TOKENIZER_PATHS
 from shared.jobstore import DEFAULT_TENANT
 from shared.keys import RATELIMIT
 from shared.keystore import KEY_PREFIX, KeyStore, hash_key, new_key
-from shared.redisconn import is_sentinel, limiter_uri
+from shared.redisconn import bounded_pool, is_sentinel, limiter_uri
 from shared.schemas import ErrorCode
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+LIMITER_CONNECTIONS = 4  # Redis connections of the rate limiter per API process
 __all__ = [
     "KEY_PREFIX",
     "ApiKey",
@@ -195,9 +196,9 @@ def install_auth(app: Flask, settings: Settings) -> None:
         return f"{rpm}/minute" if rpm else ""
 
     # With Sentinels, the URL's password is the master's: none is sent to the Sentinels.
-    sentinel: dict[str, Any] = (
-        {"sentinel_kwargs": {"password": None}} if is_sentinel(settings.redis_url) else {}
-    )
+    storage: dict[str, Any] = {"sentinel_kwargs": {"password": None}}
+    if not is_sentinel(settings.redis_url):  # a few connections per process, however many wait
+        storage = {"connection_pool": bounded_pool(settings.redis_url, LIMITER_CONNECTIONS)}
     # Counters live in Redis, so the limit holds across every API process and host.
     Limiter(
         key_func=lambda: f"tenant:{g.get('tenant', DEFAULT_TENANT)}",
@@ -205,7 +206,7 @@ def install_auth(app: Flask, settings: Settings) -> None:
         default_limits=[_rate_limit],
         default_limits_exempt_when=lambda: not guarded(request.path),
         storage_uri=limiter_uri(settings.redis_url, settings.redis_sentinel_master),
-        storage_options=sentinel,
+        storage_options=storage,
         strategy="fixed-window",  # 2 Redis calls per request; moving windows cost 5-10,
         headers_enabled=False,  # window stats cost several Redis calls per request
         swallow_errors=True,  # Redis down: the routes answer 503 themselves

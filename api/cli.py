@@ -9,9 +9,11 @@ from typing import Any
 
 
 def _api(args: argparse.Namespace) -> int:
+    from api.serving import raise_open_files, worker_args
     from shared.settings import Settings
 
     settings = Settings()
+    raise_open_files()  # each open stream or long poll is a socket
     host = args.host or settings.host
     port = args.port or settings.port
     argv = [
@@ -22,10 +24,7 @@ def _api(args: argparse.Namespace) -> int:
         f"{host}:{port}",
         "--workers",
         str(settings.api_workers),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(settings.api_threads),
+        *worker_args(settings),
         "--timeout",
         str(settings.max_wait + 30),  # a long poll must not look like a hung worker
         "--graceful-timeout",

@@ -12,13 +12,16 @@ from celery import Celery
 from flask import Flask, current_app, g
 from flask.sansio.app import App
 
+from api.waiters import Hub
 from shared.batchstore import BatchStore
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
 from shared.keystore import KeyStore
 from shared.redisconn import connect
 from shared.settings import Settings
+from shared.waitstore import WaitStore
 
+KEYSTORE_CONNECTIONS = 4  # Redis connections of the key store per API process (plain redis:// URLs)
 EXTENSION = "genq"  # the app.extensions key the context lives under
 
 
@@ -29,21 +32,30 @@ class Context:
     settings: Settings
     store: JobStore
     celery: Celery
+    waiters: Hub  # open streams and long polls share its Redis readers (api/waiters.py)
     batches: BatchStore = field(init=False)
     keys: KeyStore = field(init=False)  # runtime API keys, tenants' limits and usage
 
     def __post_init__(self) -> None:
         self.batches = BatchStore(self.store)
         # Its own connection (lazy): the store's is the store's alone (tests/test_store_boundary.py).
-        self.keys = KeyStore(
-            connect(self.settings.redis_url, self.settings.redis_sentinel_master), self.settings.key_cache_s
+        # A few connections, however many requests wait at once (api/waiters.py).
+        client = connect(
+            self.settings.redis_url, self.settings.redis_sentinel_master, max_connections=KEYSTORE_CONNECTIONS
         )
+        self.keys = KeyStore(client, self.settings.key_cache_s)
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
         """Connect to the job store and the broker these settings name (lazily: nothing is dialled yet)."""
-        store = JobStore(connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl)
-        return cls(settings, store, make_celery(settings))
+        # A bounded pool: however many clients wait, a process holds tens of connections (api/waiters.py).
+        client = connect(
+            settings.redis_url, settings.redis_sentinel_master, max_connections=settings.api_redis_connections
+        )
+        store = JobStore(client, settings.result_ttl)
+        hub = Hub(WaitStore(client), settings.max_waiters_per_process, settings.max_waiters_per_tenant)
+        store.ended_waiter = hub.wait_ended  # long polls (jobs, batches, OpenAI) wait through the hub
+        return cls(settings, store, make_celery(settings), hub)
 
     def install(self, app: Flask) -> None:
         """Make this the context of app's requests."""

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Response
 
-from shared.jobstore import BLOCK_SLICE_MS, EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
+from shared import keys
+from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, Status
+
+if TYPE_CHECKING:  # api.waiters imports api.errors, which imports this module
+    from api.waiters import Hub
 
 KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps proxies from closing)
 KEEPALIVE = ": keepalive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
@@ -31,33 +36,44 @@ def data_event(body: object) -> str:
     return f"data: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
-def event_stream(events: Iterator[str], headers: dict[str, str] | None = None) -> Response:
+def event_stream(events: Iterable[str], headers: dict[str, str] | None = None) -> Response:
     """Answer with a stream of server-sent events, unbuffered by proxies."""
     return Response(events, mimetype="text/event-stream", headers=NO_BUFFERING | (headers or {}))
 
 
-def job_events(store: JobStore, job_id: str) -> Iterator[str]:
-    """Yield a job's events from its first token (late clients catch up), ending with done."""
-    last = "0-0"
+def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iterator[str]:
+    """Yield a job's events from its first token (late clients catch up), ending with done.
+
+    The process's shared readers deliver them (api/waiters.py); a client that hangs up (its
+    socket `sock` reads EOF) ends the stream within about a second.
+    """
     try:
-        while True:
-            for event in store.events(job_id, after=last, timeout_s=KEEPALIVE_S):
-                last = event["id"]
-                kind = event.get("type")
-                if kind == EVENT_TOKEN:
-                    yield sse("token", {"text": event.get("data", "")})
-                elif kind == EVENT_STATUS:
-                    yield sse("status", {"status": event.get("data")})
-                elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
-                    yield sse("reset", {"status": event.get("data")})
-                elif kind == EVENT_DONE:
-                    yield from _final(store, job_id)
+        with hub.subscribe({keys.events(job_id): "0-0"}, sock) as sub:
+            quiet_since = time.monotonic()
+            while True:
+                got = sub.get(max(0.0, quiet_since + KEEPALIVE_S - time.monotonic()))
+                if sub.gone:
                     return
-            job = store.get(job_id)
-            if job is None or job.status.is_terminal:  # the stream expired before the record
-                yield from _final(store, job_id)
-                return
-            yield KEEPALIVE
+                for _, _, event in got:
+                    kind = event.get("type")
+                    if kind == EVENT_TOKEN:
+                        yield sse("token", {"text": event.get("data", "")})
+                    elif kind == EVENT_STATUS:
+                        yield sse("status", {"status": event.get("data")})
+                    elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
+                        yield sse("reset", {"status": event.get("data")})
+                    elif kind == EVENT_DONE:
+                        yield from _final(store, job_id)
+                        return
+                if got:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+                    job = store.get(job_id)
+                    if job is None or job.status.is_terminal:  # the stream expired before the record
+                        yield from _final(store, job_id)
+                        return
+                    yield KEEPALIVE
+                    quiet_since = time.monotonic()
     except redis.RedisError as exc:
         yield sse(
             "error", {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "message": f"job store unavailable: {exc}"}
@@ -74,27 +90,33 @@ def _final(store: JobStore, job_id: str) -> Iterator[str]:
     yield sse("done", job.model_dump(mode="json"))
 
 
-def merged_events(store: JobStore, job_ids: list[str]) -> Iterator[tuple[int, dict] | None]:
-    """Yield (index in job_ids, event) from all the jobs' streams as they come; None when idle a while."""
-    streams = {j: i for i, j in enumerate(job_ids)}
-    last = dict.fromkeys(streams, "0-0")
+def merged_events(
+    store: JobStore, hub: Hub, job_ids: list[str], sock: Any = None
+) -> Iterator[tuple[int, dict] | None]:
+    """Yield (index in job_ids, event) from all the jobs' streams as they come; None when idle a while.
+
+    It stops early, with nothing more, when the client hangs up.
+    """
+    streams = {keys.events(j): i for i, j in enumerate(job_ids)}
+    open_keys = set(streams)
     idle_since = time.monotonic()
-    while last:
-        reply = store.read_events(last, BLOCK_SLICE_MS)
-        for key, entries in reply:
-            for entry_id, fields in entries:
-                last[key] = entry_id
-                yield streams[key], fields
-                if fields.get("type") == EVENT_DONE:
-                    del last[key]
-                    break
-        if reply:
-            idle_since = time.monotonic()
-        elif time.monotonic() - idle_since >= KEEPALIVE_S:
-            idle_since = time.monotonic()
-            for key in list(last):  # a stream that expired before its record ends like job_events does
-                job = store.get(job_ids[streams[key]])
-                if job is None or job.status.is_terminal:
-                    del last[key]
-                    yield streams[key], {"type": EVENT_DONE}
-            yield None
+    with hub.subscribe(dict.fromkeys(streams, "0-0"), sock) as sub:
+        while open_keys:
+            got = sub.get(max(0.0, idle_since + KEEPALIVE_S - time.monotonic()))
+            if sub.gone:
+                return
+            for key, _, fields in got:
+                if key in open_keys:
+                    yield streams[key], fields
+                    if fields.get("type") == EVENT_DONE:
+                        open_keys.discard(key)
+            if got:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= KEEPALIVE_S:
+                idle_since = time.monotonic()
+                for key in sorted(open_keys):  # a stream that expired before its record ends like job_events
+                    job = store.get(job_ids[streams[key]])
+                    if job is None or job.status.is_terminal:
+                        open_keys.discard(key)
+                        yield streams[key], {"type": EVENT_DONE}
+                yield None

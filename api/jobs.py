@@ -12,6 +12,7 @@ from api.context import current
 from api.errors import ApiError, validation_details
 from api.events import event_stream, job_events
 from api.submit import check_limits, submit
+from api.waiters import request_socket
 from api.wire import json_response, read_json_object, wait_arg
 from shared.jobstore import JobStore, new_job_id
 from shared.schemas import ErrorCode, JobCreate, JobList, JobListQuery, JobPublic, Status
@@ -88,7 +89,9 @@ def stream_job(job_id: str) -> Response:
     """Stream a job's text as server-sent events (token, status, error, done)."""
     ctx = current()
     _job_or_404(ctx.store, job_id, ctx.tenant)
-    return event_stream(job_events(ctx.store, job_id))
+    slot = ctx.waiters.open_slot(ctx.tenant)  # 429 past the tenant's cap; freed when the body closes
+    body = job_events(ctx.store, ctx.waiters, job_id, request_socket())
+    return event_stream(ctx.waiters.guard(body, slot))
 
 
 @jobs_bp.post("/v1/jobs/<job_id>/cancel")

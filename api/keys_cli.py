@@ -126,7 +126,7 @@ def limits(args: argparse.Namespace) -> int:
         own = store.set_limits(args.tenant, {k: None if v < 0 else v for k, v in changes.items()}, _actor())
     else:
         own = store.limits(args.tenant, fresh=True)
-    print(json.dumps(limits_body(settings, args.tenant, own), indent=2))
+    print(json.dumps(limits_body(settings, args.tenant, own).model_dump(mode="json"), indent=2))
     return 0
 
 

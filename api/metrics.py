@@ -7,6 +7,7 @@ from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.context import Context
+from api.waitslots import WaiterCollector
 from shared.metrics import GenqCollector
 
 metrics_bp = Blueprint("metrics", __name__)
@@ -18,6 +19,7 @@ def _install(state: BlueprintSetupState) -> None:
     ctx = Context.of(state.app)
     registry = CollectorRegistry(auto_describe=False)  # no Redis call at start-up
     registry.register(GenqCollector(ctx.store, ctx.settings))
+    registry.register(WaiterCollector(ctx.waiters))
     state.app.extensions["genq_metrics"] = registry
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from api import admin_openapi
 from api.openai.openapi import OPENAPI_MODELS, openapi_paths
 from shared.schemas import (
     BatchCreate,
@@ -105,6 +106,7 @@ def openapi_spec() -> dict[str, Any]:
             (BatchCreate, "validation"),
             (BatchPublic, "serialization"),
             *OPENAPI_MODELS,
+            *admin_openapi.OPENAPI_MODELS,
         ],
         ref_template=REF,
     )
@@ -296,7 +298,7 @@ def openapi_spec() -> dict[str, Any]:
             }
         },
     }
-    paths |= openapi_paths(REF)
+    paths |= openapi_paths(REF) | admin_openapi.openapi_paths(REF)
     return {
         "openapi": "3.1.0",
         "info": {

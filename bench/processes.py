@@ -86,13 +86,19 @@ def start_redis(children: Supervisor, workdir: Path) -> str:
     return url
 
 
-def start_api(children: Supervisor, redis_url: str, cache_dir: Path) -> str:
-    """Start the real API (gunicorn, as in production) on a free port; return its base URL."""
+def start_api(
+    children: Supervisor, redis_url: str, cache_dir: Path, name: str = "api", **genq: object
+) -> str:
+    """Start the real API (gunicorn, as in production) on a free port; return its base URL.
+
+    genq: more GENQ_* settings of the API (lower-case names), over the defaults.
+    """
     port = free_port()
     # The per-tenant limiter stays in the path (its Redis calls are part of the cost), set too high to
     # throttle: the default 600/minute would turn a 32-client load into 429s.
-    env = _env(redis_url, cache_dir, host="127.0.0.1", port=port, rate_limit="1000000/minute")
-    children.start("api", [*GENQ, "api"], env)
+    settings: dict[str, object] = {"rate_limit": "1000000/minute", **genq}
+    env = _env(redis_url, cache_dir, host="127.0.0.1", port=port, **settings)
+    children.start(name, [*GENQ, "api"], env)
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

@@ -19,6 +19,7 @@ RUN pip install \
       pydantic==2.14.3 \
       pydantic-settings==2.16.3 \
       gunicorn==27.0.1 \
+      gevent==26.9.0 \
       flask-limiter==4.1.1 \
       limits==5.8.0 \
       flask-swagger-ui==5.34.0 \

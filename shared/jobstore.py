@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from shared import keys, tokenizer_info, transitions
-from shared.metrics import record_job
 from shared.records import DEFAULT_TENANT, JobRecord
 from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
+
+log = logging.getLogger(__name__)
 
 EVENT_TOKEN = "token"  # new text produced
 EVENT_STATUS = "status"  # the job changed state
@@ -28,6 +30,9 @@ EVENT_RESET = "reset"  # the job's worker died: drop the text streamed so far, i
 EVENT_DONE = "done"  # the job reached a terminal state; always the last event
 _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
+# Seconds after which an Idempotency-Key bound to nothing that exists passes to a retry: longer
+# than any request can take (gunicorn ends one after GENQ_MAX_WAIT + 30 s).
+ABANDONED_KEY_S = 120
 _EXPIRED_ERROR = json.dumps(
     {"code": ErrorCode.EXPIRED.value, "message": "the job's deadline passed before a worker could start it"}
 )
@@ -54,22 +59,29 @@ class Claim:
 
     outcome: str | None  # 'claimed', 'expired' (past its deadline), else the status that forbids it
     record: JobRecord | None = None  # the job as claimed (status running); None unless claimed
+    attempt: int = 0  # the attempt this claim made: its fencing token, carried by the worker's writes
 
 
 class JobStore:
     """Reads and writes job records, their events, and the worker registry."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self.r = client
         self.ttl_s = ttl_s
+        self.clock = clock  # for the timestamps this process writes; leases are timed by Redis
         self._create = client.register_script(transitions.CREATE)
         self._claim = client.register_script(transitions.CLAIM)
         self._finish = client.register_script(transitions.FINISH)
         self._cancel = client.register_script(transitions.CANCEL)
         self._requeue = client.register_script(transitions.REQUEUE)
+        self._renew = client.register_script(transitions.RENEW)
+        self._publish = client.register_script(transitions.PUBLISH)
+        self._rebind = client.register_script(transitions.REBIND_IDEMPOTENCY)
         self._expire = client.register_script(transitions.EXPIRE)
         self._delete = client.register_script(transitions.DELETE_QUEUED)
         self._unlock = client.register_script(transitions.UNLOCK)
+        # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection.
+        self.ended_waiter: Callable[[str, float], None] | None = None
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -84,7 +96,7 @@ class JobStore:
         key_id: str | None = None,
     ) -> JobPublic:
         """Store a new queued job (QueueFull past either cap); the caller enqueues it after this."""
-        now = time.time()
+        now = self.clock()
         record = JobRecord.new(job_id, model, request, now, deadline, tenant, key_id=key_id)
         done = self._create(
             keys=[keys.job(job_id), keys.queued(model), keys.tenant_queued(tenant), keys.tenant_jobs(tenant)],
@@ -124,11 +136,21 @@ class JobStore:
     def remember_idempotency(self, key: str, fingerprint: str, target_id: str, ttl_s: int) -> dict | None:
         """Bind an Idempotency-Key to a new job or batch; return the earlier binding if the key was used."""
         name = keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
-        value = json.dumps({"id": target_id, "fingerprint": fingerprint})
+        value = json.dumps({"id": target_id, "fingerprint": fingerprint, "at": self.clock()})
         if self.r.set(name, value, nx=True, ex=ttl_s):
             return None
-        earlier = self.r.get(name)
-        return json.loads(earlier) if earlier else None
+        raw = self.r.get(name)
+        earlier = json.loads(raw) if raw else None
+        if earlier and self._abandoned(earlier) and self._rebind(keys=[name], args=[raw, value, ttl_s]):
+            return None  # its first request died before creating anything: this one takes the key
+        return earlier
+
+    def _abandoned(self, binding: dict) -> bool:
+        """Return True for a binding older than any request whose job or batch does not exist."""
+        target = str(binding.get("id", ""))
+        record = keys.batch(target) if target.startswith("batch_") else keys.job(target)
+        age_s = self.clock() - float(binding.get("at", self.clock()))
+        return age_s > ABANDONED_KEY_S and not self.r.exists(record)
 
     def forget_idempotency(self, key: str) -> None:
         """Release a key whose job or batch could not be created."""
@@ -196,20 +218,24 @@ class JobStore:
         return self._delete(keys=[keys.job(job_id), keys.events(job_id), keys.ended(job_id)], args=[job_id])
 
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> Claim:
-        """Move a queued job to running under a lease; the Claim holds its record once claimed."""
-        now = time.time()
-        outcome = self._claim(
+        """Move a queued job to running under a lease (timed by Redis's clock); the Claim holds its
+        record and attempt once claimed."""
+        outcome, attempt = self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(now), worker, device, repr(now + lease_s), _EXPIRED_ERROR],
+            args=[job_id, worker, device, lease_s, _EXPIRED_ERROR],
         )
         # Read after the transition: the lease makes the job this worker's until it finishes it.
-        return Claim(outcome, self.record(job_id) if outcome == "claimed" else None)
+        if outcome != "claimed":
+            return Claim(outcome or None)
+        return Claim(outcome, self.record(job_id), int(attempt))
 
-    def renew(self, job_ids: list[str], lease_s: float) -> None:
-        """Extend the leases of the running jobs this worker holds (one round trip)."""
-        if job_ids:
-            until = time.time() + lease_s
-            self.r.zadd(keys.RUNNING, dict.fromkeys(job_ids, until), xx=True)
+    def renew(self, attempts: dict[str, int], lease_s: float) -> set[str]:
+        """Extend by lease_s (Redis's clock) the leases of the jobs held at these attempts, in one
+        round trip; return the ids no longer held (ended, or requeued and claimed again)."""
+        if not attempts:
+            return set()
+        args = [x for job_id, n in attempts.items() for x in (job_id, n)]
+        return set(self._renew(keys=[keys.RUNNING], args=[lease_s, *args]))
 
     def requeue(
         self, job_id: str, max_attempts: int, holder: str = "", error: dict | None = None
@@ -222,25 +248,37 @@ class JobStore:
         }
         return self._requeue(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, repr(time.time()), max_attempts, json.dumps(lost), holder],
+            args=[job_id, max_attempts, json.dumps(lost), holder],
         )
 
-    def finish(self, job_id: str, status: Status, holder: str = "", **fields: Any) -> bool:
-        """Write a terminal state once; False if the job had ended or holder no longer holds it."""
+    def finish(
+        self,
+        job_id: str,
+        status: Status,
+        holder: str = "",
+        attempt: int | None = None,
+        metrics: list[list] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Write a terminal state once, with the job's metrics (shared/metrics.py job_ops); False if
+        the job had ended, or holder no longer holds it at this attempt (its fencing token)."""
         assert status.is_terminal
-        values = {"status": status.value, "finished_at": repr(time.time())}
+        values = {"status": status.value, "finished_at": repr(self.clock())}
         for name, value in fields.items():
             if value is not None:
                 values[name] = value if isinstance(value, str) else json.dumps(value)
+        fence = "" if attempt is None else attempt
         done = self._finish(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
-            args=[job_id, json.dumps(values), holder, *_TERMINAL],
+            args=[job_id, json.dumps(values), holder, fence, json.dumps(metrics or []), *_TERMINAL],
         )
-        return done == "ok"
+        if done == "ok_without_metrics":
+            log.warning("job %s: result stored, but could not record metrics (an increment failed)", job_id)
+        return done in ("ok", "ok_without_metrics")
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job, or ask a running one's worker to stop; return the status seen."""
-        return self._cancel(keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(time.time())])
+        return self._cancel(keys=[keys.job(job_id), keys.events(job_id)], args=[job_id, repr(self.clock())])
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         """Return which of these running jobs a client asked to cancel (one round trip)."""
@@ -251,18 +289,24 @@ class JobStore:
             pipe.hget(keys.job(job_id), "cancel")
         return {j for j, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
-    def observe(self, model: str, **figures: Any) -> None:
-        """Add the timings and tokens of a job a worker ran to the metrics (shared/metrics.record_job)."""
-        record_job(self.r, model, **figures)
-
     # --- events -------------------------------------------------------------
-    def publish_tokens(self, deltas: dict[str, str]) -> None:
-        """Append new text of several jobs to their event streams in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for job_id, text in deltas.items():
-            pipe.xadd(keys.events(job_id), {"type": EVENT_TOKEN, "data": text})
-            pipe.expire(keys.events(job_id), self.ttl_s)
-        pipe.execute()
+    def publish_tokens(
+        self, deltas: dict[str, str], attempts: dict[str, int], offsets: dict[str, int] | None = None
+    ) -> set[str]:
+        """Append new text of several jobs to their event streams in one fenced step; return the
+        ids whose attempt no longer holds its job (their text was dropped).
+
+        offsets: the byte of each attempt's text where its delta starts (UTF-8; default: at the
+        end of what is there), so that a retry after a lost reply appends nothing twice.
+        """
+        offsets = offsets or {}
+        names = [k for job_id in deltas for k in (keys.job(job_id), keys.events(job_id))]
+        args = [
+            x
+            for job_id, text in deltas.items()
+            for x in (job_id, attempts.get(job_id, 0), offsets.get(job_id, ""), text)
+        ]
+        return set(self._publish(keys=names, args=[self.ttl_s, *args]))
 
     def events(self, job_id: str, after: str = "0-0", timeout_s: float = 0) -> Iterator[dict]:
         """Yield a job's events after the given id, blocking up to timeout_s for each new batch."""
@@ -301,6 +345,9 @@ class JobStore:
         job = self.get(job_id, tenant)
         if job is None or job.status.is_terminal or timeout_s <= 0:
             return job
+        if self.ended_waiter is not None:
+            self.ended_waiter(job_id, timeout_s)
+            return self.get(job_id, tenant)
         deadline = time.monotonic() + timeout_s
         while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # From the start of the stream: an end written before this call is seen at once.

@@ -167,3 +167,11 @@ def metrics_jobs(model: str) -> str:
 def metrics_histogram(name: str, model: str) -> str:
     """Return the hash that holds one histogram (bucket → count, and sum) for one model."""
     return f"{METRICS}:{name}:{model}"
+
+
+WAITERS = f"{PREFIX}:waiters"  # hash: 'tenant|api process' → 'open waiters, Unix s when published'
+
+
+def waiter_wake(reader: str) -> str:
+    """Return the stream an API process writes to so that one of its readers re-arms its XREAD."""
+    return f"{PREFIX}:waiters:wake:{reader}"

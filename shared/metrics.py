@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -46,7 +46,7 @@ class Histogram:
         """Return the Redis hash that holds this histogram for one model."""
         return keys.metrics_histogram(self.name, model)
 
-    def observe(self, pipe: redis.client.Pipeline, model: str, value: float) -> None:
+    def observe(self, pipe: redis.client.Pipeline | _Ops, model: str, value: float) -> None:
         """Queue the commands that add one observation."""
         value = max(0.0, value)  # clocks of different hosts may disagree by a little
         index = bisect_left(self.bounds, value)
@@ -91,30 +91,52 @@ TOKENS_PER_S = Histogram(
 HISTOGRAMS = (LATENCY, QUEUE_WAIT, TTFT, TOKENS_PER_S)
 
 
-def record_job(
-    r: redis.Redis,
+def record_job(r: redis.Redis, model: str, **figures: Any) -> None:
+    """Observe the timings and tokens of one job (job_ops' figures; None = not observed).
+
+    One round trip, inside MULTI/EXEC, so that a scrape never sees half a job. (A worker adds
+    them in the fenced step that stores the job's result instead: JobStore.finish.)
+    """
+    pipe = r.pipeline(transaction=True)
+    # The final-status count is kept by the job store's Lua transitions (shared/transitions.py), which
+    # also see jobs no worker finished: cancelled while queued, expired, worker_lost.
+    pipe.sadd(MODELS, model)
+    for op, key, field, amount in job_ops(model, **figures):
+        pipe.execute_command(op, key, field, amount)
+    pipe.execute()
+
+
+class _Ops:
+    """Collects hash increments as [op, key, field, amount], in place of a pipeline."""
+
+    def __init__(self) -> None:
+        self.ops: list[list] = []
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self.ops.append(["HINCRBY", key, field, amount])
+
+    def hincrbyfloat(self, key: str, field: str, amount: float) -> None:
+        self.ops.append(["HINCRBYFLOAT", key, field, repr(float(amount))])
+
+
+def job_ops(
     model: str,
     queue_wait_s: float | None = None,
     latency_s: float | None = None,
     ttft_s: float | None = None,
     tokens_per_s: float | None = None,
     completion_tokens: int = 0,
-) -> None:
-    """Observe the timings and tokens of one job a worker ran (None = not observed).
-
-    One round trip, inside MULTI/EXEC, so that a scrape never sees half a job.
-    """
-    pipe = r.pipeline(transaction=True)
-    # The final-status count is kept by the job store's Lua transitions (shared/transitions.py), which
-    # also see jobs no worker finished: cancelled while queued, expired, worker_lost.
-    pipe.sadd(MODELS, model)
+) -> list[list]:
+    """Return the hash increments that observe one job a worker ran (None = not observed), as
+    data: JobStore.finish adds them in the fenced step that stores the job's result."""
+    ops = _Ops()
     if completion_tokens:
-        pipe.hincrby(TOKENS, model, completion_tokens)
+        ops.hincrby(TOKENS, model, completion_tokens)
     observed = (latency_s, queue_wait_s, ttft_s, tokens_per_s)
     for hist, value in zip(HISTOGRAMS, observed, strict=True):
         if value is not None:
-            hist.observe(pipe, model, value)
-    pipe.execute()
+            hist.observe(ops, model, value)
+    return ops.ops
 
 
 class GenqCollector(Collector):

@@ -16,6 +16,7 @@ from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel://"
 HEALTH_CHECK_S = 30  # seconds between checks of an idle pooled connection
+POOL_WAIT_S = 60  # longest wait for a free pooled connection (a burst of ends queues here), in s
 SENTINEL_TIMEOUT_S = 1.0  # how long one Sentinel may take to answer, in seconds
 
 
@@ -51,12 +52,20 @@ def parse_sentinel(url: str) -> SentinelURL:
 
 
 def connect(
-    url: str, sentinel_master: str = "", decode_responses: bool = True, **options: Any
+    url: str,
+    sentinel_master: str = "",
+    decode_responses: bool = True,
+    max_connections: int = 0,
+    **options: Any,
 ) -> redis.Redis:
     """Return a client of the Redis master: directly, or found (and re-found) through Sentinels.
 
-    options go to the client's connections (socket_timeout=..., for instance).
+    options go to the client's connections (socket_timeout=..., for instance). With max_connections,
+    a plain URL's pool holds at most that many and a caller waits for a free one (up to POOL_WAIT_S).
     """
+    if not is_sentinel(url) and max_connections:
+        pool = bounded_pool(url, max_connections, decode_responses=decode_responses, **options)
+        return redis.Redis(connection_pool=pool)
     if not is_sentinel(url):
         return redis.Redis.from_url(
             url, decode_responses=decode_responses, health_check_interval=HEALTH_CHECK_S, **options
@@ -69,6 +78,17 @@ def connect(
         username=parsed.username,
         password=parsed.password,
         decode_responses=decode_responses,
+        health_check_interval=HEALTH_CHECK_S,
+        **options,
+    )
+
+
+def bounded_pool(url: str, max_connections: int, **options: Any) -> redis.BlockingConnectionPool:
+    """Return a pool of at most max_connections to a plain redis:// URL; callers wait for a free one."""
+    return redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
         health_check_interval=HEALTH_CHECK_S,
         **options,
     )

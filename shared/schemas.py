@@ -155,6 +155,7 @@ class ErrorCode(StrEnum):
         "forward_failed"  # the model's forward pass raised (out of memory, say) while it ran alone
     )
     STORE_FULL = "store_full"  # Redis reached its maxmemory; nothing was stored
+    TOO_MANY_WAITERS = "too_many_waiters"  # open streams + long polls past a tenant's or a process's cap
     SERVICE_UNAVAILABLE = "service_unavailable"
     TOKENIZER_UNAVAILABLE = "tokenizer_unavailable"  # no worker of the model has published its tokenizer yet
     GRAMMAR_INVALID = "grammar_invalid"  # the job's constraint cannot be compiled by the worker

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000  # API port
     api_workers: Annotated[int, Field(ge=1)] = 2  # gunicorn processes
     api_threads: Annotated[int, Field(ge=1)] = 32  # threads per gunicorn process (long polls hold one)
+    api_worker_class: Literal["gevent", "gthread"] = "gevent"  # gevent: a waiting client costs a socket
+    api_worker_connections: Annotated[int, Field(ge=16)] = 10_000  # open connections per gevent process
+    api_redis_connections: Annotated[int, Field(ge=8)] = 16  # Redis connections per API process, at most
+    max_waiters_per_process: Annotated[int, Field(ge=1)] = 8_000  # open streams + long polls per process
+    max_waiters_per_tenant: Annotated[int, Field(ge=0)] = 1_000  # across all API processes; 0 = no cap
     result_ttl: Annotated[int, Field(ge=60)] = 86_400  # seconds a job record is kept
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # largest request body, in bytes
     max_prompt_chars: Annotated[int, Field(ge=1)] = 100_000  # prompt or all messages together, in characters
@@ -117,6 +122,9 @@ class Settings(BaseSettings):
     # Tests only: a prompt containing CRASH_MARKER SIGKILLs its worker, one containing
     # FORWARD_FAULT_MARKER makes the prefill of its batch raise (fault-injection tests).
     fault_injection: bool = False
+    # Tests only: seconds added to this process's clock, as on a host whose clock is off. Leases
+    # are timed by Redis's clock, so a skewed worker neither loses nor outstays them.
+    test_clock_skew_s: float = 0.0
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"  # json: one object a line on stdout; text: for humans
 

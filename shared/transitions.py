@@ -79,6 +79,26 @@ return {'ok'}
 """
 )
 
+# Leases and deadlines are timed by Redis's clock, not a worker's: a worker host whose clock is
+# off by minutes neither loses its leases early nor keeps them too long. (Redis 7 replicates a
+# script's effects, so TIME may precede writes.)
+_CLOCK = """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# Fencing: a worker's claim on a job is the attempt number its claim made; a write carrying an
+# older attempt (a worker that was paused or cut off while the job was requeued and run
+# elsewhere), or made after the job ended, is dropped.
+_FENCE = """
+local function holds(job, attempt)
+  local st, n = unpack(redis.call('HMGET', job, 'status', 'attempts'))
+  return st == 'running' and n == attempt
+end
+"""
+
 # Leaving the queued state: drop the job from its model's and its tenant's queued sets.
 _UNQUEUE = """
 local function unqueue(job, id)
@@ -154,53 +174,123 @@ end
 )
 
 # queued → running, only from queued: a cancelled or finished job never starts; a job past its
-# deadline fails as expired instead. KEYS: job, events, running zset.
-# ARGV: job id, now, worker, device, lease expiry, expired-error JSON.
+# deadline fails as expired instead. Returns {outcome, attempt}: the attempt is the claim's
+# fencing token, which the worker's later writes carry. KEYS: job, events, running zset.
+# ARGV: job id, worker, device, lease (seconds), expired-error JSON.
 CLAIM = (
     _KEYS
+    + _CLOCK
     + _UNQUEUE
     + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'queued' then return st or false end
+if st ~= 'queued' then return {st or false, 0} end
+local now = clock()
 unqueue(KEYS[1], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if deadline and tonumber(ARGV[2]) > tonumber(deadline) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[6])
-  ended(KEYS[1], KEYS[2], ARGV[1], 'failed', ARGV[2])
-  return 'expired'
+if deadline and now > tonumber(deadline) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', now, 'error', ARGV[5])
+  ended(KEYS[1], KEYS[2], ARGV[1], 'failed', now)
+  return {'expired', 0}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3], 'device', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', now, 'worker', ARGV[2], 'device', ARGV[3],
+  'streamed', 0)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
 redis.call('EXPIRE', KEYS[2], ttl)
-notify(KEYS[1], ARGV[1], 'started', ARGV[2])
-batch_started(KEYS[1], ARGV[2])
-return 'claimed'
+notify(KEYS[1], ARGV[1], 'started', now)
+batch_started(KEYS[1], now)
+return {'claimed', attempt}
+"""
+)
+
+# A worker's leases, extended by one lease from Redis's now; returns the ids it no longer holds
+# (ended, or requeued and claimed again). KEYS: running zset. ARGV: lease (seconds), then
+# job id, attempt pairs.
+RENEW = (
+    _KEYS
+    + _CLOCK
+    + _FENCE
+    + """
+local expiry = clock() + tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV, 2 do
+  if holds(K_JOB .. ARGV[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], expiry, ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+)
+
+# One engine step's new text, for every row at once (one round trip): each row's text is
+# appended only while its worker still holds the job; returns the ids it no longer holds. Each
+# row says at which byte of the attempt's text it starts, so a retry after a lost reply appends
+# only what is not on the stream yet ('streamed' counts the bytes, reset by each claim).
+# KEYS: job, events pairs. ARGV: events TTL (seconds), then job id, attempt, offset ('' = at the
+# end), text.
+PUBLISH = (
+    _KEYS
+    + """
+local lost = {}
+for k = 1, #KEYS, 2 do
+  local a = 2 + (k - 1) / 2 * 4
+  local st, n, have = unpack(redis.call('HMGET', KEYS[k], 'status', 'attempts', 'streamed'))
+  if st == 'running' and n == ARGV[a + 1] then
+    local text = ARGV[a + 3]
+    have = tonumber(have or '0')
+    local offset = tonumber(ARGV[a + 2]) or have  -- '': right after what is there
+    if offset + #text > have then
+      if have > offset then text = string.sub(text, have - offset + 1) end
+      redis.call('XADD', KEYS[k + 1], '*', 'type', 'token', 'data', text)
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+      redis.call('HSET', KEYS[k], 'streamed', offset + #ARGV[a + 3])
+    end
+  else
+    table.insert(lost, ARGV[a])
+  end
+end
+return lost
 """
 )
 
 # Any non-terminal state → a terminal one, written once, then the done event. A worker may
-# finish only a job it still holds (not one requeued after its lease lapsed and run elsewhere).
-# KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any), terminal statuses...
+# finish only the attempt it holds (not a job requeued after its lease lapsed and run elsewhere);
+# the job's metrics (hash increments) are added in the same step, so a fenced-out result counts
+# nothing. Returns 'ok' ('ok_without_metrics' when an increment failed), else why not.
+# KEYS: job, events, running zset. ARGV: job id, fields JSON, worker ('' = any),
+# attempt ('' = any), metrics JSON ([op, key, field, amount] list), terminal statuses...
 FINISH = (
     _KEYS
     + _UNQUEUE
     + _NOTIFY
+    + _FENCE
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
-for i = 4, #ARGV do if st == ARGV[i] then return st end end
+for i = 6, #ARGV do if st == ARGV[i] then return st end end
 if ARGV[3] ~= '' and (st ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3]) then
   return 'not_holder'
 end
+if ARGV[4] ~= '' and not holds(KEYS[1], ARGV[4]) then return 'not_holder' end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 unqueue(KEYS[1], ARGV[1])
 ended(KEYS[1], KEYS[2], ARGV[1], fields['status'], fields['finished_at'])
+-- Last, and with pcall: a failing increment (a key of the wrong type) costs the figures only.
+local failed = 0
+for _, op in ipairs(cjson.decode(ARGV[5])) do
+  if op[1] == 'HINCRBY' or op[1] == 'HINCRBYFLOAT' then
+    local done = redis.pcall(op[1], op[2], op[3], op[4])
+    if type(done) == 'table' and done.err then failed = failed + 1 end
+  end
+end
+if failed > 0 then return 'ok_without_metrics' end
 return 'ok'
 """
 )
@@ -227,39 +317,53 @@ return st
 
 # A running job whose lease lapsed (its worker died) goes back to its queue, run alone next
 # time; past the attempts limit it fails as worker_lost. KEYS: job, events, running zset.
-# ARGV: job id, now, max attempts, worker_lost-error JSON, and optionally the worker holding it:
+# ARGV: job id, max attempts, worker_lost-error JSON, and optionally the worker holding it:
 # then its lease need not have lapsed (a worker hands back the jobs of a batch step that failed).
 REQUEUE = (
     _KEYS
+    + _CLOCK
     + _NOTIFY
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then redis.call('ZREM', KEYS[3], ARGV[1]) return st or false end
+local now = clock()
 local lease = redis.call('ZSCORE', KEYS[3], ARGV[1])
-local handed = ARGV[5] and ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'worker') == ARGV[5]
-if lease and tonumber(lease) > tonumber(ARGV[2]) and not handed then return 'alive' end
+local handed = ARGV[4] and ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'worker') == ARGV[4]
+if lease and tonumber(lease) > now and not handed then return 'alive' end
 redis.call('ZREM', KEYS[3], ARGV[1])
 local ttl = redis.call('TTL', KEYS[1])
 local final = nil
 if redis.call('HGET', KEYS[1], 'cancel') then
   final = 'cancelled'
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
-elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now)
+elseif tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[2]) then
   final = 'failed'
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', now, 'error', ARGV[3])
 end
 if final then
-  ended(KEYS[1], KEYS[2], ARGV[1], final, ARGV[2])
+  ended(KEYS[1], KEYS[2], ARGV[1], final, now)
   return final
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'isolate', '1')
 local m, t = unpack(redis.call('HMGET', KEYS[1], 'model', 'tenant'))
-redis.call('ZADD', K_QUEUED .. m, ARGV[2], ARGV[1])
-redis.call('ZADD', K_TENANT_QUEUED .. (t or 'default'), ARGV[2], ARGV[1])
+redis.call('ZADD', K_QUEUED .. m, now, ARGV[1])
+redis.call('ZADD', K_TENANT_QUEUED .. (t or 'default'), now, ARGV[1])
 -- Streams restart: clients drop the text of the lost attempt on a reset event.
 redis.call('XADD', KEYS[2], '*', 'type', 'reset', 'data', 'queued')
 redis.call('EXPIRE', KEYS[2], ttl)
 return 'requeued'
+"""
+)
+
+# An Idempotency-Key bound to what its first request never created (that request's process, or
+# Redis, died in between) passes to a retry, once: compare-and-set on the binding.
+# KEYS: the key's binding. ARGV: the binding seen, the new binding, TTL (seconds).
+REBIND_IDEMPOTENCY = (
+    _KEYS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
 """
 )
 

@@ -11,6 +11,7 @@ import redis
 from genq.client import Client
 from shared.jobstore import JobStore
 from shared.settings import ModelSpec, Settings, default_catalog
+from tests import tiny_model
 from tests.support import (
     GENQ,
     ROOT,
@@ -22,7 +23,6 @@ from tests.support import (
     start_api,
     wait_until,
 )
-from tests.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -46,19 +46,13 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a chat template, built once per session."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return tiny_model.build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_model_dir: Path) -> ModelSpec:
-    """The catalog entry of the tiny model; a large cap lets tests run long jobs to cancel."""
-    return ModelSpec(
-        name="tiny",
-        source=str(tiny_model_dir),
-        context_length=8192,
-        max_new_tokens_cap=8000,
-        default_max_new_tokens=16,
-    )
+    """The catalog entry of the tiny model (tests/tiny_model.py)."""
+    return tiny_model.tiny_spec(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

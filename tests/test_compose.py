@@ -22,6 +22,7 @@ API_DEPS = {
     "pydantic",
     "pydantic-settings",
     "gunicorn",
+    "gevent",
     "flask-limiter",
     "limits",
     "flask-swagger-ui",
@@ -175,6 +176,12 @@ def test_dockerfiles_exist_on_the_slim_base(services: dict[str, dict[str, Any]],
     assert path.is_file(), f"{path} is missing"
     assert ("FROM", "python:3.11-slim") in instructions(path)
     assert any("--no-deps ." in args for args in pip_installs(path)), "the project itself, without deps"
+
+
+def test_api_runs_gevent_workers_with_room_for_many_sockets(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    assert api["environment"]["GENQ_API_WORKER_CLASS"] == "gevent"
+    assert int(api["ulimits"]["nofile"]["soft"]) >= 65536
 
 
 def test_api_image_has_no_model_stack(services: dict[str, dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from genq.client import Client
 from shared import keys
 from shared.celery_app import make_celery, queue_lists
-from shared.jobstore import JobStore, new_job_id
+from shared.jobstore import ABANDONED_KEY_S, JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
 from worker.reconciler import Reconciler
@@ -65,6 +66,25 @@ def test_idempotency_key_is_released_when_the_job_is_refused(app, http, settings
     assert refused.status_code == 429
     app.extensions["genq"].settings = settings
     assert http.post("/v1/jobs", json={"prompt": "b"}, headers={"Idempotency-Key": "k"}).status_code == 202
+
+
+def test_a_key_whose_first_request_died_before_storing_passes_to_a_retry(http, store: JobStore) -> None:
+    # Found by the nemesis soak (make chaos): Redis was killed after the key was bound and before
+    # the batch was stored, and every retry got 409 "still being processed" for the key's whole TTL.
+    body = {"prompt": "hello", "max_new_tokens": 5}
+    first = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-dead"})
+    store.delete(first.json["id"])  # as if its request had died before storing the job
+    busy = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-dead"})
+    assert busy.status_code == 409 and "still being processed" in busy.json["error"]["message"]
+    [name] = list(store.r.scan_iter(keys.idempotency("*")))
+    binding = json.loads(store.r.get(name))
+    binding["at"] -= ABANDONED_KEY_S + 1  # longer ago than any request can take
+    store.r.set(name, json.dumps(binding), keepttl=True)
+    retry = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-dead"})
+    assert retry.status_code == 202 and retry.json["id"] != first.json["id"]
+    again = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-dead"})
+    assert again.status_code == 202 and again.json["id"] == retry.json["id"]
+    assert _messages(store) == 2  # the first job's message (its record is gone) and the retry's
 
 
 # --- deadlines ----------------------------------------------------------------
@@ -192,7 +212,7 @@ def test_a_long_poll_wakes_when_the_job_ends_not_at_each_token(store: JobStore) 
     poll = threading.Thread(target=lambda: seen.append(store.wait(job_id, 30)))
     poll.start()
     for i in range(200):
-        store.publish_tokens({job_id: f"t{i} "})
+        store.publish_tokens({job_id: f"t{i} "}, {job_id: 1})
     time.sleep(0.3)
     assert not seen  # tokens do not end it
     assert store.finish(job_id, Status.SUCCEEDED, holder="w")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from genq.client import Client, GenqError
+from shared import usage
+from shared.jobstore import JobStore
+from shared.keystore import KeyStore
 from shared.settings import ModelSpec, Settings
 from tests.support import Proc
 
@@ -117,3 +121,74 @@ def test_good_requests_get_documented_answers(
             case = api_schema[path][method].Case(**parts)
             response = case.call_and_validate(checks=CHECKS)
             assert response.status_code < 300 or path.endswith("/cancel"), response.text
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def admin_key(store: JobStore) -> dict[str, str]:
+    """An admin key of tenant ops, and another key (of acme) for it to revoke; keys now guard every route."""
+    keystore = KeyStore(store.r)
+    admin, _ = keystore.create("ops", admin=True)
+    _, other = keystore.create("acme", label="to revoke")
+    return {"key": admin, "other_id": other.id}
+
+
+@pytest.fixture
+def admin_schema(admin_key: dict[str, str], api_server: str) -> schemathesis.BaseSchema:
+    """The live API's admin and usage routes, called with an admin key made before the API starts."""
+    config = SchemathesisConfig.from_dict(
+        {
+            "seed": SEED,
+            "request-timeout": REQUEST_TIMEOUT_S,
+            "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
+            # Never the admin's own tenant: fuzzed limits on it would throttle the fuzzing itself.
+            "dictionaries": {"keys": {"values": [admin_key["other_id"]]}, "tenants": {"values": ["acme"]}},
+            "parameters": {
+                "path.key_id": {"dictionary": "keys", "probability": KNOWN_JOB_ODDS},
+                "path.tenant": {"dictionary": "tenants", "probability": KNOWN_JOB_ODDS},
+            },
+        }
+    )
+    return schemathesis.openapi.from_url(f"{api_server}/openapi.json", config=config)
+
+
+admin_ops = schemathesis.pytest.from_fixture("admin_schema").include(path_regex="^/v1/(admin/|usage)")
+
+
+@pytest.mark.timeout(180)
+@admin_ops.parametrize()
+@hypothesis_settings(deadline=None)
+def test_fuzzed_admin_requests_get_documented_answers(
+    case: schemathesis.Case, admin_key: dict[str, str]
+) -> None:
+    case.call_and_validate(checks=CHECKS, headers=bearer(admin_key["key"]))
+
+
+def good_admin_requests(other_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """Admin and usage requests that must succeed, so each success body is checked against the document."""
+    acme = {"path_parameters": {"tenant": "acme"}}
+    week_ago = usage.today() - timedelta(days=7)
+    return [
+        ("POST", "/v1/admin/keys", {"body": {"tenant": "acme", "expires_in": "90d", "label": "ci"}}),
+        ("GET", "/v1/admin/keys", {"query": {"tenant": "acme"}}),
+        ("DELETE", "/v1/admin/keys/{key_id}", {"path_parameters": {"key_id": other_id}}),
+        ("GET", "/v1/admin/keys", {}),
+        ("PATCH", "/v1/admin/tenants/{tenant}/limits", {**acme, "body": {"max_queued": 3}}),
+        ("GET", "/v1/admin/tenants/{tenant}/limits", acme),
+        ("GET", "/v1/admin/tenants/{tenant}/usage", {**acme, "query": {"start": str(week_ago)}}),
+        ("GET", "/v1/usage", {"query": {"start": "2026-01-01", "end": "2026-01-31"}}),
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_good_admin_requests_get_documented_answers(
+    admin_schema: schemathesis.BaseSchema, admin_key: dict[str, str], subtests
+) -> None:
+    for method, path, parts in good_admin_requests(admin_key["other_id"]):
+        with subtests.test(msg=f"{method} {path} {parts}"):
+            case = admin_schema[path][method].Case(**parts)
+            response = case.call_and_validate(checks=CHECKS, headers=bearer(admin_key["key"]))
+            assert response.status_code < 300, response.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.settings import ModelSpec
+
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Artificial Intelligence is a field of computer science.",
@@ -52,3 +54,14 @@ def build_tiny_model(target: Path, chat: bool = True, seed: int = 0) -> Path:
     model.save_pretrained(target)
     tok.save_pretrained(target)
     return target
+
+
+def tiny_spec(source: Path) -> ModelSpec:
+    """Return the tiny model's catalog entry; a large cap lets tests run long jobs to cancel."""
+    return ModelSpec(
+        name="tiny",
+        source=str(source),
+        context_length=8192,
+        max_new_tokens_cap=8000,
+        default_max_new_tokens=16,
+    )

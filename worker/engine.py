@@ -32,6 +32,10 @@ class GenerationError(Exception):
         self.code = code
 
 
+class RowLost(Exception):
+    """The job's row was dropped: its worker no longer holds the job (requeued, or ended)."""
+
+
 class StepFailed(GenerationError):
     """A batch step (a forward pass) raised: the job's own fault only if it ran alone."""
 
@@ -76,8 +80,10 @@ class Result:
 class Hooks:
     """Where the engine reports progress; the worker sends it to Redis, tests may record it."""
 
-    def on_text(self, deltas: dict[str, str]) -> None:
-        """Receive the new text of each job that produced some in this step."""
+    def on_text(self, deltas: dict[str, str]) -> set[str] | None:
+        """Receive the new text of each job that produced some in this step; return the ids of
+        jobs no longer ours, whose rows the next step drops."""
+        return None
 
     def cancelled(self, ids: list[str]) -> set[str]:
         """Return the ids among these running jobs whose cancellation was asked for."""
@@ -127,6 +133,7 @@ class Engine:
         self._last: torch.Tensor | None = None  # [rows] token each row feeds next
         self._seen: torch.Tensor | None = None  # [rows, vocab] tokens each row has seen (repetition penalty)
         self._wake = threading.Event()
+        self._lost: set[str] = set()  # ids to drop at the next step (added by any thread)
         self.threads: set[str] = set()  # names of the threads that have run steps (a worker: one)
         self._picked: dict[int, TokenLogprob] = {}  # last sampled step's logprobs, by row offset
         self._grammars: GrammarBook | None = None
@@ -194,6 +201,11 @@ class Engine:
                 continue
             self.step()
 
+    def forget(self, ids: set[str]) -> None:
+        """Drop these jobs at the next step, running or waiting: their futures raise RowLost."""
+        self._lost.update(ids)
+        self._wake.set()
+
     @property
     def active(self) -> int:
         """Return how many jobs are in the running batch."""
@@ -204,6 +216,8 @@ class Engine:
         self.threads.add(threading.current_thread().name)
         try:
             with torch.inference_mode():
+                if self._lost:
+                    self._drop_lost()
                 self._admit()
                 if self._rows:
                     self._decode()
@@ -214,6 +228,26 @@ class Engine:
                 if not row.future.done():
                     row.future.set_exception(_step_failed(exc, solo or row.req.solo))
             self._reset()
+
+    def _drop_lost(self) -> None:
+        """Remove the rows and waiting requests of jobs no longer ours, with one log line."""
+        lost, self._lost = self._lost, set()
+        gone = [i for i, row in enumerate(self._rows) if row.req.id in lost]
+        dropped = [(self._rows[i].req.id, self._rows[i].future) for i in gone]
+        for req, future in list(self._pending):  # a copy: other threads append meanwhile
+            if req.id in lost:
+                self._pending.remove((req, future))
+                dropped.append((req.id, future))
+        if gone:
+            self._drop(gone)
+        if dropped:
+            ids = sorted(job_id for job_id, _ in dropped)
+            log.warning(
+                "dropped %d jobs no longer ours (moved to another attempt or ended): %s", len(ids), ids
+            )
+        for _, future in dropped:
+            if not future.done():
+                future.set_exception(RowLost("the job moved to another attempt or ended"))
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._last, self._seen = [], None, None, None, None
@@ -415,7 +449,9 @@ class Engine:
             if delta:
                 deltas[self._rows[i].req.id] = deltas.get(self._rows[i].req.id, "") + delta
         if deltas:
-            self.hooks.on_text(deltas)
+            lost = self.hooks.on_text(deltas)
+            if lost:
+                self._lost.update(lost)
         # Resolve only now: the job's thread then stores the result, whose done event ends the
         # stream, so the last text must be on the stream first.
         for future, result in results:

@@ -69,7 +69,8 @@ class Reconciler:
 
     def _lapsed_leases(self) -> Counter:
         counts: Counter = Counter()
-        for job_id in self.r.zrangebyscore(keys.RUNNING, "-inf", time.time()):
+        seconds, micros = self.r.time()  # leases are timed by Redis's clock (shared/transitions.py)
+        for job_id in self.r.zrangebyscore(keys.RUNNING, "-inf", seconds + micros / 1e6):
             outcome = self.store.requeue(job_id, self.settings.max_attempts)
             if outcome == "requeued":
                 self._send(job_id)

@@ -22,12 +22,14 @@ from celery import Celery
 
 from shared import tokenizer_info
 from shared.jobstore import JobStore
+from shared.metrics import job_ops
 from shared.records import JobRecord
 from shared.redisconn import connect
 from shared.schemas import ErrorCode, Status
 from shared.settings import CRASH_MARKER, FORWARD_FAULT_MARKER, ModelSpec, Settings
 from worker import jobflow
-from worker.engine import Engine, GenerationError, Hooks, Request, StepFailed
+from worker.engine import Engine, GenerationError, Request, RowLost, StepFailed
+from worker.fencing import Leases, StoreHooks
 from worker.reconciler import Reconciler, resend
 from worker.rowsafe import fail_forward_on
 from worker.sampling import RowParams
@@ -43,28 +45,6 @@ FULL_RETRY_S = 3600
 GREEDY = RowParams(sampling=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
 
 
-class StoreHooks(Hooks):
-    """Engine hooks backed by the job store; a Redis blip costs a stream event, never the batch."""
-
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
-
-    def on_text(self, deltas: dict[str, str]) -> None:
-        """Append new text to each job's event stream."""
-        try:
-            self.store.publish_tokens(deltas)
-        except redis.RedisError as exc:
-            log.warning("could not publish tokens: %s", exc)
-
-    def cancelled(self, ids: list[str]) -> set[str]:
-        """Return the running jobs whose cancellation a client asked for."""
-        try:
-            return self.store.cancel_requested(ids)
-        except redis.RedisError as exc:
-            log.warning("could not read cancel flags: %s", exc)
-            return set()
-
-
 class Runtime:
     """Everything one worker process holds: settings, store, the loaded engine and its threads."""
 
@@ -72,14 +52,18 @@ class Runtime:
         self.settings = settings
         self.spec = spec
         self.device = device
+        skew_s = settings.test_clock_skew_s  # tests only: a host whose clock is off
         self.store = JobStore(
-            connect(settings.redis_url, settings.redis_sentinel_master), settings.result_ttl
+            connect(settings.redis_url, settings.redis_sentinel_master),
+            settings.result_ttl,
+            clock=(lambda: time.time() + skew_s) if skew_s else time.time,
         )
         self.host = socket.gethostname()
         self.worker_id = f"{spec.name}@{self.host}:{os.getpid()}"
         self.engine: Engine | None = None
+        self.leases = Leases(self.store, settings.lease_seconds)  # the jobs claimed and not finished
+        self.hooks = StoreHooks(self.store, self.leases.attempts)  # the engine's, once it is loaded
         self.app: Celery | None = None  # set by start_heartbeat; sends the messages of handed-back jobs
-        self.inflight: set[str] = set()  # jobs this worker has claimed and not yet finished
         self._stop = threading.Event()  # stops the engine
         self._leaving = threading.Event()  # stops the heartbeat
         self._threads: list[threading.Thread] = []
@@ -108,7 +92,7 @@ class Runtime:
             # in and warms the kernels, so the first real job does not pay for them. No hooks yet:
             # the warm-up is no job, and nothing of it goes to Redis.
             engine.generate([Request("warm-up", engine.encode(prompt="Hello"), 2, GREEDY, 0)])
-            engine.hooks = StoreHooks(self.store)
+            engine.hooks = self.hooks
             # The API tokenizes and checks token ids with it, without model files of its own.
             self.store.publish_tokenizer(tokenizer_info.from_hf(self.spec.name, tokenizer, engine.vocab))
             self.engine = engine
@@ -164,16 +148,21 @@ class Runtime:
     def _heartbeat_loop(self) -> None:
         # Leases renew until the engine stops: a draining worker still holds its jobs.
         while not self._stop.wait(self.settings.heartbeat_interval):
+            lost: set[str] = set()
             try:
-                self.store.renew(list(self.inflight), self.settings.lease_seconds)
+                lost = self.leases.renew()  # fenced: the jobs another attempt took or that ended
                 if not self._leaving.is_set():
                     self._beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            lost |= self.leases.lapsed()  # not renewed for a whole lease: may run elsewhere
+            if lost and self.engine is not None:
+                self.engine.forget(lost)  # dropped from the batch at its next step
 
     # --- one job ------------------------------------------------------------
     def run_job(self, job_id: str) -> None:
         """Claim a queued job under a lease, generate, and store its one terminal result."""
+        asked = time.monotonic()
         claim = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
         rec = claim.record
         if rec is None:
@@ -182,12 +171,19 @@ class Runtime:
                 "job %s not run: %s", job_id, reason, extra=self._fields("job not run", job_id, reason=reason)
             )
             return
-        self.inflight.add(job_id)  # the heartbeat renews its lease from now on
+        attempt = claim.attempt  # the fencing token every write for this job carries
+        self.leases.hold(job_id, attempt, asked)  # the heartbeat renews its lease from now on
         try:
-            attempt = rec.attempts  # the claim counted this one
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
                 self._generate(rec)
+            except RowLost:
+                # Fenced: nothing of this attempt is stored; the attempt that holds the job does that.
+                log.warning(
+                    "job %s dropped: no longer ours",
+                    job_id,
+                    extra=self._fields("job dropped", job_id, attempt=attempt),
+                )
             except StepFailed as exc:
                 if exc.solo or not self._hand_back(job_id, exc):
                     self._failed(job_id, exc)
@@ -201,7 +197,8 @@ class Runtime:
                 error = jobflow.failure(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
                 self._finish(job_id, Status.FAILED, error=error)
         finally:
-            self.inflight.discard(job_id)
+            self.leases.release(job_id)
+            self.hooks.forget(job_id)
 
     def _hand_back(self, job_id: str, exc: StepFailed) -> bool:
         """Requeue a job whose batch step failed, to run alone (once); False if it could not be."""
@@ -232,7 +229,9 @@ class Runtime:
         started = time.monotonic()
         while True:
             try:
-                stored = self.store.finish(job_id, status, holder=self.worker_id, **fields)
+                self.hooks.flush({job_id})  # the stream holds all the text before the done event
+                attempt = self.leases.attempt(job_id)
+                stored = self.store.finish(job_id, status, holder=self.worker_id, attempt=attempt, **fields)
                 if not stored:
                     log.warning("job %s: result not stored, the job ended or moved on", job_id)
                 return stored
@@ -246,13 +245,6 @@ class Runtime:
     def _fields(self, event: str, job_id: str, **more: Any) -> dict[str, Any]:
         """Return the extra fields of a job event's log line (JSON logs show them as keys)."""
         return {"event": event, "job_id": job_id, "model": self.spec.name, "worker": self.worker_id, **more}
-
-    def _record(self, **figures: Any) -> None:
-        """Add the timings of a job that ran here to the metrics; a Redis error costs the figures only."""
-        try:
-            self.store.observe(self.spec.name, **figures)
-        except redis.RedisError as exc:
-            log.warning("could not record metrics: %s", exc)
 
     def _generate(self, rec: JobRecord) -> None:
         """Run a claimed job on the engine and store its outcome (worker/jobflow.py shapes both)."""
@@ -281,15 +273,15 @@ class Runtime:
         result = self.engine.submit(req).result()
         finished = time.time()
         out = jobflow.outcome(rec, req, result, started, finished, tokenize_s)
-        stored = self._finish(rec.id, out.status, **out.fields())
-        if stored:
-            self._record(
-                queue_wait_s=started - rec.created_at,
-                latency_s=finished - rec.created_at,
-                ttft_s=out.ttft_s,
-                tokens_per_s=out.tokens_per_s if result.completion_tokens else None,
-                completion_tokens=result.completion_tokens,
-            )
+        metrics = job_ops(  # added in the fenced step that stores the result
+            self.spec.name,
+            queue_wait_s=started - rec.created_at,
+            latency_s=finished - rec.created_at,
+            ttft_s=out.ttft_s,
+            tokens_per_s=out.tokens_per_s if result.completion_tokens else None,
+            completion_tokens=result.completion_tokens,
+        )
+        stored = self._finish(rec.id, out.status, metrics=metrics, **out.fields())
         # Ids, counts and timings only: prompts and outputs stay out of logs unless GENQ_LOG_TEXT=1.
         log.info(
             "job %s %s: %d prompt + %d completion tokens, %s, %.0f ms",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from pydantic import BaseModel
@@ -24,6 +25,7 @@ from api.openai.schemas import (
     CompletionUsage,
 )
 from api.openai.toolcalls import tool_calls_of
+from api.waiters import Hub
 from shared.constraints import ToolCalls
 from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
 from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
@@ -188,7 +190,7 @@ class _Sent:
         return delta
 
 
-def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
+def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: Any = None) -> Iterator[str]:
     """Yield a request's chunks, choice i from job i, then usage (if asked) and [DONE].
 
     Whatever ends the stream early (an error, the client going away) cancels the jobs still running.
@@ -199,7 +201,7 @@ def stream(store: JobStore, reply: Reply, job_ids: list[str]) -> Iterator[str]:
         if reply.chat:
             for i in range(len(job_ids)):
                 yield reply.chunk(i)
-        for item in merged_events(store, job_ids):
+        for item in merged_events(store, hub, job_ids, sock):
             if item is None:
                 yield KEEPALIVE
                 continue

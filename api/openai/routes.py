@@ -22,6 +22,7 @@ from api.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionReq
 from api.openai.structured import constraint_fields
 from api.openai.tools import plan, render_messages
 from api.submit import check_limits, submit
+from api.waiters import request_socket
 from api.wire import read_json_object
 from shared.schemas import MAX_STOP_STRINGS, MAX_STORED_STOPS, JobCreate, JobPublic
 from shared.settings import Settings
@@ -86,7 +87,15 @@ def request_jobs(settings: Settings, path: str, data: dict[str, Any]) -> tuple[A
 
 
 def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
-    queued = _submit_all(ctx, jobs)
+    # A stream counts as a waiter before its jobs are enqueued (429 past the cap enqueues nothing);
+    # a plain request's waits count themselves (api/waiters.py Hub.held).
+    slot = ctx.waiters.open_slot(ctx.tenant) if req.stream else None
+    try:
+        queued = _submit_all(ctx, jobs)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
     reply = Reply(
         chat=chat,
         id=("chatcmpl-" if chat else "cmpl-") + queued[0].id.removeprefix("job_"),
@@ -99,7 +108,9 @@ def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
     )
     headers = {"X-Genq-Job-Ids": ",".join(j.id for j in queued)}  # to follow or cancel them via /v1/jobs
     if req.stream:
-        return event_stream(stream(ctx.store, reply, [j.id for j in queued]), headers)
+        assert slot is not None  # opened above for every stream
+        body = stream(ctx.store, ctx.waiters, reply, [j.id for j in queued], request_socket())
+        return event_stream(ctx.waiters.guard(body, slot), headers)
     resp = jsonify(reply.complete(_collect(ctx, queued, reply)).model_dump(mode="json"))
     resp.headers.update(headers)
     return resp

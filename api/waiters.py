@@ -1,0 +1,198 @@
+"""Waiting clients (long polls, SSE streams) of one API process share a few Redis readers.
+
+A waiter subscribes to the streams it waits on (a job's `ended` entry, or its events). Each of a
+few reader threads (greenlets under gevent) blocks in ONE XREAD over every stream its waiters
+watch and hands each entry to them; a waiter arriving re-arms that XREAD through the reader's own
+wake stream. One watchdog per process notices clients that hang up. So a waiting client costs a
+queue and a socket, never a Redis connection nor a timer of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import redis
+from flask import g, has_request_context, request
+
+from api.errors import ApiError
+from api.waitreaders import READERS, Reader, Subscription
+from api.waitslots import SYNC_S, Guarded, Slot, TenantCounts
+from shared import keys
+from shared.jobstore import DEFAULT_TENANT
+from shared.schemas import ErrorCode
+from shared.waitstore import WaitStore
+
+CHECK_S = 1.0  # seconds between the watchdog's checks that waiting clients are still connected
+
+try:  # the real poll(2): a non-blocking check of thousands of sockets in one call, even under gevent
+    from gevent.monkey import get_original
+
+    _poll = get_original("select", "poll")
+except ImportError:  # pragma: no cover - gevent is a dependency; threads need no original
+    _poll = select.poll
+
+_CLOSED = select.POLLHUP | select.POLLERR | select.POLLNVAL
+log = logging.getLogger(__name__)
+
+
+def hung_up(clients: list[tuple[Subscription, Any]]) -> list[Subscription]:
+    """Return the subscriptions whose client socket was closed by its peer: one poll(2) for all."""
+    poller, by_fd, gone = _poll(), {}, []
+    for sub, sock in clients:
+        fd = sock.fileno()
+        if fd < 0:  # the server already closed it
+            gone.append(sub)
+        elif fd not in by_fd:
+            by_fd[fd] = (sock, [sub])
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+        else:
+            by_fd[fd][1].append(sub)
+    for fd, events in poller.poll(0):
+        sock, subs = by_fd[fd]
+        try:  # readable: EOF (gone) or the client's next request (still there)
+            if events & _CLOSED or not sock.recv(1, socket.MSG_PEEK):
+                gone += subs
+        except ValueError:  # a TLS socket can't peek; its next write will tell
+            pass
+        except OSError:
+            gone += subs
+    return gone
+
+
+def request_socket() -> Any:
+    """Return the current request's client socket as gunicorn passes it, or None."""
+    return request.environ.get("gunicorn.socket") if has_request_context() else None
+
+
+class Hub:
+    """The process's waiters: its readers, its count of open waiters, and the tenant caps."""
+
+    def __init__(self, waits: WaitStore, max_per_process: int, max_per_tenant: int) -> None:
+        self.name = uuid.uuid4().hex
+        self.max_per_process = max_per_process
+        self.tenants = TenantCounts(waits, max_per_tenant, self.name)
+        self.open: dict[str, Slot] = {}
+        self._clients: dict[Subscription, Any] = {}  # waiter -> its client's socket
+        self._lock = threading.Lock()
+        self._readers = [Reader(waits, f"{self.name}:{i}") for i in range(READERS)]
+        self._pid = 0  # the process whose threads run (gunicorn forks after a preload)
+
+    def _start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                for reader in self._readers:
+                    threading.Thread(target=reader.run, name="genq-waiters", daemon=True).start()
+                threading.Thread(target=self._sync, name="genq-waiter-counts", daemon=True).start()
+                threading.Thread(target=self._watch, name="genq-waiter-watchdog", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _sync(self) -> None:
+        while True:
+            time.sleep(SYNC_S)
+            try:
+                self.tenants.sync()
+            except redis.RedisError as exc:  # the counts stay as they were until Redis is back
+                log.warning("waiter counts: %s", exc)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(CHECK_S)
+            with self._lock:
+                clients = list(self._clients.items())
+            try:
+                for sub in hung_up(clients):
+                    sub.hang_up()
+            except Exception:  # never let one odd socket stop the watchdog
+                log.exception("waiter watchdog")
+
+    # --- caps ---------------------------------------------------------------
+    def open_slot(self, tenant: str) -> Slot:
+        """Count a new waiter, or raise 503/429 past the process's or the tenant's cap."""
+        self._start()  # the counts' sync runs from the first waiter on
+        token = uuid.uuid4().hex
+        with self._lock:
+            if len(self.open) >= self.max_per_process:
+                raise ApiError(
+                    503,
+                    ErrorCode.TOO_MANY_WAITERS,
+                    f"this API process holds {self.max_per_process} open streams and long polls "
+                    "(GENQ_MAX_WAITERS_PER_PROCESS); retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            if not self.tenants.admit(tenant):
+                raise ApiError(
+                    429,
+                    ErrorCode.TOO_MANY_WAITERS,
+                    f"tenant {tenant!r} already holds {self.tenants.cap} open streams and long polls "
+                    "(GENQ_MAX_WAITERS_PER_TENANT); close one, or poll without ?wait=",
+                    headers={"Retry-After": "1"},
+                )
+            slot = self.open[token] = Slot(self._release, tenant, token)
+        return slot
+
+    def _release(self, slot: Slot) -> None:
+        with self._lock:
+            if self.open.pop(slot.token, None) is not None:
+                self.tenants.drop(slot.tenant)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Count the current request as one waiter, however many waits it makes."""
+        if g.get("genq_waiting"):
+            yield
+            return
+        slot = self.open_slot(g.get("tenant", DEFAULT_TENANT))
+        g.genq_waiting = True
+        try:
+            yield
+        finally:
+            g.genq_waiting = False
+            slot.release()
+
+    def guard(self, body: Iterable[str], slot: Slot) -> Guarded:
+        """Wrap a streamed response body so that closing it frees its waiter's slot."""
+        return Guarded(body, slot)
+
+    # --- waiting ------------------------------------------------------------
+    @contextlib.contextmanager
+    def subscribe(self, after: Mapping[str, str], sock: Any = None) -> Iterator[Subscription]:
+        """Receive the entries of these streams after these ids while the block runs.
+
+        With the client's socket, the subscription is marked gone (and woken) when the client hangs up.
+        """
+        self._start()
+        sub = Subscription(after)
+        chosen = [(self._readers[zlib.crc32(k.encode()) % len(self._readers)], k) for k in after]
+        if sock is not None:
+            with self._lock:
+                self._clients[sub] = sock
+        try:
+            for reader, key in chosen:
+                reader.add(key, sub)
+            yield sub
+        finally:
+            for reader, key in chosen:
+                reader.remove(key, sub)
+            with self._lock:
+                self._clients.pop(sub, None)
+
+    def wait_ended(self, job_id: str, timeout_s: float) -> None:
+        """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up."""
+        deadline = time.monotonic() + timeout_s
+        counted = self.held() if has_request_context() else contextlib.nullcontext()
+        with counted, self.subscribe({keys.ended(job_id): "0-0"}, request_socket()) as sub:
+            while (left := deadline - time.monotonic()) > 0:
+                if sub.get(left) or sub.gone:
+                    return
