@@ -170,7 +170,7 @@ class CompletionRequest(_CreateRequest):
         if isinstance(self.prompt, str):
             return [self.prompt]
         if self.prompt and isinstance(self.prompt[0], int):
-            return [self.prompt]  # type: ignore[list-item]  # one prompt of token ids
+            return [self.prompt]  # one prompt of token ids
         return list(self.prompt)  # type: ignore[arg-type]
 
 
