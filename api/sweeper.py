@@ -1,6 +1,6 @@
 """The reconciler's sweep, run in API processes so that it goes on while no worker runs.
 
-The sweep is the workers' own (worker/reconciler.py imports nothing of torch); a Redis lock with
+The sweep is the workers' own (shared/reconciler.py); a Redis lock with
 a TTL lets one process sweep at a time, whichever API process or worker takes it first.
 """
 
@@ -11,8 +11,8 @@ import threading
 from celery import Celery
 
 from shared.jobstore import JobStore
+from shared.reconciler import Reconciler
 from shared.settings import Settings
-from worker.reconciler import Reconciler
 
 
 def start_sweeper(settings: Settings, store: JobStore, celery: Celery) -> threading.Event:

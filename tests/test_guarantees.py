@@ -11,9 +11,9 @@ from genq.client import Client
 from shared import keys
 from shared.celery_app import make_celery, queue_lists
 from shared.jobstore import ABANDONED_KEY_S, JobStore, new_job_id
+from shared.reconciler import Reconciler
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
-from worker.reconciler import Reconciler
 
 
 @pytest.fixture

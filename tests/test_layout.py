@@ -40,6 +40,13 @@ def test_shared_imports_neither_api_nor_worker_nor_genq(path) -> None:
     assert not upward, f"shared/{path.name} imports {sorted(upward)}"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "api").rglob("*.py")), ids=lambda p: p.name)
+def test_api_imports_neither_the_worker_nor_the_model_stack(path) -> None:
+    banned = {"worker", "torch", "transformers"}  # what both sides need lives in shared/
+    found = {m for m in imported_modules(ast.parse(path.read_text())) if m.split(".")[0] in banned}
+    assert not found, f"{path.relative_to(ROOT)} imports {sorted(found)}"
+
+
 def test_the_client_imports_without_the_model_web_or_queue_stacks() -> None:
     code = (
         "import json, sys, genq\n"

@@ -23,6 +23,7 @@ from celery import Celery
 from shared import tokenizer_info
 from shared.jobstore import JobStore
 from shared.metrics import job_ops
+from shared.reconciler import Reconciler, resend
 from shared.records import JobRecord
 from shared.redisconn import connect
 from shared.schemas import ErrorCode, Status
@@ -30,7 +31,6 @@ from shared.settings import CRASH_MARKER, FORWARD_FAULT_MARKER, ModelSpec, Setti
 from worker import jobflow
 from worker.engine import Engine, GenerationError, Request, RowLost, StepFailed
 from worker.fencing import Leases, StoreHooks
-from worker.reconciler import Reconciler, resend
 from worker.rowsafe import fail_forward_on
 from worker.sampling import RowParams
 from worker.webhooks import SENDERS as WEBHOOK_SENDERS
