@@ -6,9 +6,12 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.settings import Settings
+# gunicorn's master imports this module (its JSON logger) before the gevent workers patch ssl; the
+# settings import would bring redis, whose `from ssl import ...` gevent then warns about on stderr.
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged too.

@@ -457,7 +457,7 @@ def test_openai_batch_lines_become_batch_jobs(http, store) -> None:
         (_openai_line("a", temperature=9), "line 1.body.temperature"),
         (_openai_line("a", model="gpt-4o-mini"), "line 1.body.model"),
         (_openai_line("a", max_tokens=10**6), "line 1.body.max_tokens"),
-        (_openai_line("a", logprobs=True), "line 1.body.logprobs"),
+        (_openai_line("a", logprobs=True, top_logprobs=21), "line 1.body.top_logprobs"),
         ({**_openai_line("a"), "body": {"model": "tiny"}}, "line 1.body.messages"),
         ({**_openai_line("a"), "custom_id": ""}, "line 1.custom_id"),
     ],
