@@ -305,6 +305,8 @@ def test_harmless_params_are_accepted_and_jobs_queued(http: Any, store: JobStore
     assert [j.seed for j in jobs] == [None, None, None]  # not reported until a worker ran them
     assert [json.loads(store.raw(i)["request"])["seed"] for i in ids] == [10, 11, 12]
     assert {j.status.value for j in jobs} == {"queued"} and jobs[0].metadata == {"ticket": "7", "user": "u1"}
+    resp.close()  # a hang-up: it frees the stream's waiter (else this app's hub counts it on) and cancels
+    assert {store.get(i).status.value for i in ids} == {"cancelled"}
 
 
 def _app(settings: Settings, **overrides: Any) -> Any:

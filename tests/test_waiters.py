@@ -6,7 +6,7 @@ import asyncio
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,19 @@ from shared.jobstore import DEFAULT_TENANT, JobStore, new_job_id
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
 from tests import waitclient
-from tests.support import start_api, wait_until
+from tests.support import RedisServer, start_api, wait_until
 
 CONNECT_AT_ONCE = 200  # connections opened concurrently while the waiters are set up
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own: the waiter counts are global, and an in-process app of an
+    earlier test (its hub's threads outlive the test) would otherwise go on publishing into them."""
+    server = RedisServer(tmp_path_factory.mktemp("waiters-redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 def _queued_jobs(store: JobStore, n: int) -> list[str]:
