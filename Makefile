@@ -40,6 +40,7 @@ bench: setup model
 	$(BIN)/python -m bench.structured
 	$(BIN)/python -m bench.keys
 	$(BIN)/python -m bench.waiters
+	$(BIN)/python -m bench.shortjobs
 	$(BIN)/python -m bench.evaluation
 
 # A nemesis soak (docs/chaos.md): kills and pauses workers, APIs and Redis under a mixed load for

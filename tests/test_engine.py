@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from shared.schemas import ErrorCode, FinishReason
 from shared.settings import ModelSpec
 from tests.tiny_model import build_tiny_model
+from worker import engine as engine_module
 from worker.engine import Engine, GenerationError, Hooks, Request, Result, StepFailed
 from worker.loader import load_model
 from worker.sampling import RowParams
@@ -543,3 +545,59 @@ def test_failed_prefill_resolves_the_new_jobs_future(engine: Engine) -> None:
     assert bad.exception().solo  # admitted alone: the failure is its own
     after = job(engine, PROMPTS[0], max_new=10)
     assert engine.generate([after])[0].text == alone(engine, after).text
+
+
+def _admitted_batches(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many waiting jobs each admission found."""
+    sizes: list[int] = []
+    admit = engine._admit
+
+    def counting() -> None:
+        if engine._pending:
+            sizes.append(len(engine._pending))
+        admit()
+
+    monkeypatch.setattr(engine, "_admit", counting)
+    return sizes
+
+
+def test_jobs_being_claimed_share_the_idle_engines_prefill(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "GATHER_S", 30.0)  # only the arrivals end the wait here
+    sizes = _admitted_batches(engine, monkeypatch)
+    arrivals = [engine.arriving() for _ in range(3)]
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        futures = []
+        for arrival, prompt in zip(arrivals, PROMPTS, strict=False):
+            futures.append(engine.submit(job(engine, prompt, max_new=1)))
+            arrival.done()
+            arrival.done()  # idempotent: a job's finally calls it again
+            time.sleep(0.2)  # the next job is still being claimed: the engine must not start
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert sizes == [3]
+    assert [r.completion_tokens for r in results] == [1, 1, 1]
+
+
+def test_a_job_that_never_arrives_delays_the_others_by_gather_s_at_most(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "GATHER_S", 0.3)
+    sizes = _admitted_batches(engine, monkeypatch)
+    stuck = engine.arriving()  # a job whose claim hangs (Redis away): it must not hold the engine
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert engine.submit(job(engine, "Hi", max_new=2)).result(timeout=60).completion_tokens == 2
+    finally:
+        stop.set()
+        thread.join(10)
+        stuck.done()
+    assert sizes == [1]

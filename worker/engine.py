@@ -22,6 +22,10 @@ from worker.sampling import RowParams
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05  # how long an idle engine sleeps before looking for work again
+# Longest an engine with no running batch waits, once work is pending, for the jobs its worker is
+# still claiming: jobs that arrive together then share one prefill instead of one starting a long
+# step alone while the others wait for its end (seconds).
+GATHER_S = 0.05
 
 
 class GenerationError(Exception):
@@ -75,6 +79,20 @@ class Result:
     first_token_s: float | None = None  # admission → first token; None when no token was made
     logprobs: list[dict] | None = None  # per new token (worker/logprobs.describe), when asked
     prompt_logprobs: list[dict] | None = None  # per prompt token, the first with logprob None, when asked
+
+
+class Arrival:
+    """A job the worker has taken and not yet submitted; an idle engine waits briefly for it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._open = True
+
+    def done(self) -> None:
+        """Stop counting this job as arriving (it was submitted, or will not be); idempotent."""
+        if self._open:
+            self._open = False
+            self._engine._arrived()
 
 
 class Hooks:
@@ -133,6 +151,8 @@ class Engine:
         self._last: torch.Tensor | None = None  # [rows] token each row feeds next
         self._seen: torch.Tensor | None = None  # [rows, vocab] tokens each row has seen (repetition penalty)
         self._wake = threading.Event()
+        self._arriving = 0  # jobs taken by the worker and not yet submitted (Arrival)
+        self._arriving_lock = threading.Lock()
         self._lost: set[str] = set()  # ids to drop at the next step (added by any thread)
         self.threads: set[str] = set()  # names of the threads that have run steps (a worker: one)
         self._picked: dict[int, TokenLogprob] = {}  # last sampled step's logprobs, by row offset
@@ -184,6 +204,27 @@ class Engine:
         self._wake.set()
         return future
 
+    def arriving(self) -> Arrival:
+        """Count a job this worker has taken (before claiming it); call done() once it is submitted."""
+        with self._arriving_lock:
+            self._arriving += 1
+        return Arrival(self)
+
+    def _arrived(self) -> None:
+        with self._arriving_lock:
+            self._arriving -= 1
+        self._wake.set()
+
+    def _gather(self) -> None:
+        """With no batch running, wait up to GATHER_S for arriving jobs, so they share the prefill."""
+        deadline = time.monotonic() + GATHER_S
+        while not self._rows and len(self._pending) < self.max_batch:
+            self._wake.clear()
+            left = deadline - time.monotonic()
+            if self._arriving <= 0 or left <= 0:
+                return
+            self._wake.wait(left)  # set by each submit and each arrival's done()
+
     def generate(self, reqs: list[Request]) -> list[Result]:
         """Run requests to completion on the calling thread (tests and benchmarks)."""
         futures = [self.submit(r) for r in reqs]
@@ -199,6 +240,7 @@ class Engine:
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
                 continue
+            self._gather()
             self.step()
 
     def forget(self, ids: set[str]) -> None:

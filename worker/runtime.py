@@ -29,7 +29,7 @@ from shared.redisconn import connect
 from shared.schemas import ErrorCode, Status
 from shared.settings import CRASH_MARKER, FORWARD_FAULT_MARKER, ModelSpec, Settings
 from worker import jobflow
-from worker.engine import Engine, GenerationError, Request, RowLost, StepFailed
+from worker.engine import Arrival, Engine, GenerationError, Request, RowLost, StepFailed
 from worker.fencing import Leases, StoreHooks
 from worker.rowsafe import fail_forward_on
 from worker.sampling import RowParams
@@ -162,6 +162,14 @@ class Runtime:
     # --- one job ------------------------------------------------------------
     def run_job(self, job_id: str) -> None:
         """Claim a queued job under a lease, generate, and store its one terminal result."""
+        assert self.engine is not None  # Celery starts after load()
+        arrival = self.engine.arriving()  # an idle engine waits briefly for it: one prefill for all
+        try:
+            self._run_claimed(job_id, arrival)
+        finally:
+            arrival.done()
+
+    def _run_claimed(self, job_id: str, arrival: Arrival) -> None:
         asked = time.monotonic()
         claim = self.store.claim(job_id, self.worker_id, self.device, self.settings.lease_seconds)
         rec = claim.record
@@ -176,7 +184,7 @@ class Runtime:
         try:
             log.info("job %s started", job_id, extra=self._fields("job started", job_id, attempt=attempt))
             try:
-                self._generate(rec)
+                self._generate(rec, arrival)
             except RowLost:
                 # Fenced: nothing of this attempt is stored; the attempt that holds the job does that.
                 log.warning(
@@ -246,7 +254,7 @@ class Runtime:
         """Return the extra fields of a job event's log line (JSON logs show them as keys)."""
         return {"event": event, "job_id": job_id, "model": self.spec.name, "worker": self.worker_id, **more}
 
-    def _generate(self, rec: JobRecord) -> None:
+    def _generate(self, rec: JobRecord, arrival: Arrival) -> None:
         """Run a claimed job on the engine and store its outcome (worker/jobflow.py shapes both)."""
         assert self.engine is not None
         try:  # the API checked it; a record written past the API (or by an older one) is checked again
@@ -270,7 +278,9 @@ class Runtime:
             os.kill(os.getpid(), signal.SIGKILL)  # a poison job, for the fault-injection tests
         req = jobflow.engine_request(rec, input_ids)
         req.constraint = self.engine.constraint(job)  # compiled here, on the job's thread
-        result = self.engine.submit(req).result()
+        future = self.engine.submit(req)
+        arrival.done()
+        result = future.result()
         finished = time.time()
         out = jobflow.outcome(rec, req, result, started, finished, tokenize_s)
         metrics = job_ops(  # added in the fenced step that stores the result
