@@ -141,3 +141,31 @@ def test_native_stream_token_events_carry_logprobs_when_asked(start_worker, clie
     assert sum("prompt_logprobs" in t for t in tokens) == 1
     plain_tokens = [data for event, data in client.stream(plain) if event == "token"]
     assert plain_tokens and all(set(t) == {"text"} for t in plain_tokens)
+
+
+# --- in process: what a streamed request may ask ---------------------------------------
+def test_streamed_logprobs_and_common_openai_keys_are_accepted(http: Any, store: JobStore) -> None:
+    """The keys docs/openai.md calls ignored change nothing; a stream asking for logprobs is stored."""
+    ignored = {
+        "parallel_tool_calls": True,
+        "store": False,
+        "service_tier": "auto",
+        "reasoning_effort": "low",
+        "modalities": ["text"],
+        "prediction": None,
+    }
+    body = {"model": "tiny", "messages": MESSAGES, "stream": True, "logprobs": True, "top_logprobs": 3}
+    resp = http.post("/v1/chat/completions", json={**body, **ignored})
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+    [job_id] = resp.headers["X-Genq-Job-Ids"].split(",")
+    request = json.loads(store.raw(job_id)["request"])
+    assert (request["logprobs"], request["top_logprobs"]) == (True, 3)
+    assert not set(ignored) & set(request)
+    resp.close()  # a hang-up cancels the job and frees the stream's waiter
+    text = {"model": "tiny", "prompt": PROMPT, "stream": True, "logprobs": 2, "echo": True}
+    resp = http.post("/v1/completions", json=text)
+    assert resp.status_code == 200
+    [job_id] = resp.headers["X-Genq-Job-Ids"].split(",")
+    request = json.loads(store.raw(job_id)["request"])
+    assert (request["logprobs"], request["top_logprobs"], request["echo"]) == (True, 2, True)
+    resp.close()
