@@ -118,6 +118,7 @@ class _Row:
     bounds: list[int] = field(default_factory=list)  # per token whose text is decoded: len(text) after it
     lp_emitted: int = 0  # logprob entries already handed to on_text, with the text they spell
     prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_described: list[dict] | None = None  # prompt_logprobs turned to JSON, once
     cut: bool = False  # a stop string matched and text was cut before it
 
 
@@ -312,7 +313,7 @@ class Engine:
         for i, entries in echo.items():
             rows[i].prompt_logprobs = entries
             if rows[i].req.max_new_tokens > 0:  # a scoring job's entries are in its result only
-                self._echoed[rows[i].req.id] = describe(entries, self.token_text)
+                self._echoed[rows[i].req.id] = self._prompt_described(rows[i])
         # Scoring jobs (max_new_tokens 0) end at prefill: they never join the decoding batch.
         going = [i for i, r in enumerate(rows) if r.req.max_new_tokens > 0]
         for row in rows:
@@ -506,6 +507,12 @@ class Engine:
             row.described += describe(row.logprobs[len(row.described) : upto], self.token_text)
         return row.described
 
+    def _prompt_described(self, row: _Row) -> list[dict]:
+        """Return the row's prompt logprob entries as JSON, described once."""
+        if row.prompt_described is None:
+            row.prompt_described = describe(row.prompt_logprobs or [], self.token_text)
+        return row.prompt_described
+
     def _extend_text(self, row: _Row) -> FinishReason | None:
         """Detokenize incrementally; return STOP (and cut the text) when a stop string appears."""
         prefix = self.tokenizer.decode(row.ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
@@ -543,9 +550,7 @@ class Engine:
             decode_s=decode_s,
             first_token_s=None if row.first_token is None else row.first_token - row.started,
             logprobs=None if row.req.logprobs is None else list(self._described(row, len(row.logprobs))),
-            prompt_logprobs=None
-            if row.prompt_logprobs is None
-            else describe(row.prompt_logprobs, self.token_text),
+            prompt_logprobs=None if row.prompt_logprobs is None else self._prompt_described(row),
         )
         return text[row.emitted :], result
 
