@@ -123,6 +123,16 @@ def test_openai_streams_carry_the_logprobs_of_their_tokens(start_worker, oai: Op
             assert first.text == "".join(first.logprobs.tokens) and first.logprobs.token_logprobs[0] is None
             assert one.text.startswith(first.text)
     assert len(chunks) > 3
+    # Without logprobs, chunks carry none; echo alone still starts with the prompt.
+    plain = {**chat, "logprobs": None, "top_logprobs": None}
+    assert all(
+        c.logprobs is None for k in oai.chat.completions.create(**plain, stream=True) for c in k.choices
+    )
+    no_lp = {**text_req, "logprobs": None, "echo": True}
+    echoed = list(oai.completions.create(**no_lp, stream=True))
+    assert all(k.choices[0].logprobs is None for k in echoed)
+    assert "".join(k.choices[0].text for k in echoed) == oai.completions.create(**no_lp).choices[0].text
+    assert echoed[0].choices[0].text == PROMPT
 
 
 def test_native_stream_token_events_carry_logprobs_when_asked(start_worker, client: Client) -> None:
