@@ -13,6 +13,7 @@ from genq.client import Client
 from shared import keys
 from shared.jobstore import EVENT_LOGPROBS, EVENT_PROMPT_LOGPROBS, Entries, JobStore, new_job_id
 from shared.schemas import JobCreate, TokenLogprob
+from tests.test_structured_api import NAMED, WEATHER
 
 MESSAGES = [{"role": "user", "content": "Is Paris in France? Answer yes or no."}]
 PROMPT = "The quick brown fox"
@@ -179,3 +180,17 @@ def test_streamed_logprobs_and_common_openai_keys_are_accepted(http: Any, store:
     request = json.loads(store.raw(job_id)["request"])
     assert (request["logprobs"], request["top_logprobs"], request["echo"]) == (True, 2, True)
     resp.close()
+
+
+def test_a_streamed_tool_call_carries_its_logprobs(start_worker, oai: OpenAI) -> None:
+    start_worker()
+    knobs = {"model": "tiny", "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    knobs |= {"tools": [WEATHER], "tool_choice": NAMED, "temperature": 0, "max_tokens": 80}
+    knobs |= {"logprobs": True, "top_logprobs": 1}
+    whole = oai.chat.completions.create(**knobs).choices[0]
+    assert whole.finish_reason == "tool_calls" and whole.logprobs.content
+    chunks = list(oai.chat.completions.create(**knobs, stream=True))
+    streamed = [t for k in chunks for c in k.choices if c.logprobs for t in c.logprobs.content]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in whole.logprobs.content]
+    [with_calls] = [c for k in chunks for c in k.choices if c.delta.tool_calls]
+    assert with_calls.logprobs is not None  # sent whole, with the call
