@@ -232,14 +232,15 @@ class JobStore:
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> Claim:
         """Move a queued job to running under a lease (timed by Redis's clock); the Claim holds its
         record and attempt once claimed."""
-        outcome, attempt = self._claim(
+        outcome, attempt, *flat = self._claim(
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
             args=[job_id, worker, device, lease_s, _EXPIRED_ERROR],
         )
-        # Read after the transition: the lease makes the job this worker's until it finishes it.
         if outcome != "claimed":
             return Claim(outcome or None)
-        return Claim(outcome, self.record(job_id), int(attempt))
+        pairs = flat[0]  # the record as the claim left it (HGETALL's field, value, ... list)
+        record = JobRecord.from_hash(job_id, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        return Claim(outcome, record, int(attempt))
 
     def renew(self, attempts: dict[str, int], lease_s: float) -> set[str]:
         """Extend by lease_s (Redis's clock) the leases of the jobs held at these attempts, in one

@@ -202,7 +202,8 @@ redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
 redis.call('EXPIRE', KEYS[2], ttl)
 notify(KEYS[1], ARGV[1], 'started', now)
 batch_started(KEYS[1], now)
-return {'claimed', attempt}
+-- The record as claimed, in the same step: the worker needs no second round trip to read it.
+return {'claimed', attempt, redis.call('HGETALL', KEYS[1])}
 """
 )
 

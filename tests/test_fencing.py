@@ -45,6 +45,18 @@ def _lapse_and_requeue(store: JobStore, job_id: str) -> None:
 
 
 # --- the job store's fenced steps -----------------------------------------------
+def test_a_claim_returns_the_record_as_claimed_in_the_same_step(store: JobStore) -> None:
+    job_id = new_job_id()
+    store.create(job_id, "tiny", JobCreate(prompt="x", max_new_tokens=1, metadata={"k": "v"}))
+    claim = store.claim(job_id, "w1", "cpu")
+    assert claim.record is not None and claim.record.status is Status.RUNNING
+    assert (claim.record.worker, claim.record.device, claim.record.attempts) == ("w1", "cpu", 1)
+    assert claim.record.started_at is not None and claim.record.metadata == {"k": "v"}
+    assert claim.record.job.max_new_tokens == 1
+    assert claim.record == store.record(job_id)  # exactly what is stored
+    assert store.claim(job_id, "w2", "cpu") == type(claim)("running")  # a second claim gets no record
+
+
 def test_writes_of_an_attempt_that_lost_the_job_are_dropped(store: JobStore) -> None:
     job_id = new_job_id()
     store.create(job_id, "tiny", JobCreate(prompt="x"))
