@@ -47,7 +47,11 @@ def write_task(root: Path) -> str:
     for i in range(MC_DOCS):
         subject, place = SUBJECTS[i % 10], PLACES[(i * 3) % 10]
         filler = " It was a quiet day." * (i % 5)
-        question = f"The {subject} was found near the {place}.{filler} Where was the {subject} found?"
+        # Numbered, so that no two questions are the same: the harness's hf model scores identical
+        # requests once, and 10 distinct questions x 10 would measure its cache, not the model.
+        question = (
+            f"Report {i}: the {subject} was found near the {place}.{filler} Where was the {subject} found?"
+        )
         choices = [f"In the {PLACES[(i * 3 + k) % 10]}" for k in range(4)]
         docs.append({"question": question, "choices": choices, "answer": 0})
     (root / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
