@@ -48,7 +48,8 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
     socket `sock` reads EOF) ends the stream within about a second.
     """
     try:
-        with hub.subscribe({keys.events(job_id): "0-0"}, sock) as sub:
+        key = keys.events(job_id)
+        with hub.subscribe({key: "0-0"}, sock) as sub:
             quiet_since = time.monotonic()
             while True:
                 got = sub.get(max(0.0, quiet_since + KEEPALIVE_S - time.monotonic()))
@@ -62,8 +63,8 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
                         yield sse("status", {"status": event.get("data")})
                     elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
                         yield sse("reset", {"status": event.get("data")})
-                    elif kind == EVENT_DONE:
-                        yield from _final(store, job_id)
+                    elif kind == EVENT_DONE:  # its reader read the record with it (a burst's one call)
+                        yield from _final(store, job_id, sub.records.get(key))
                         return
                 if got:
                     quiet_since = time.monotonic()
@@ -80,8 +81,8 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
         )
 
 
-def _final(store: JobStore, job_id: str) -> Iterator[str]:
-    job = store.get(job_id)
+def _final(store: JobStore, job_id: str, raw: dict[str, str] | None = None) -> Iterator[str]:
+    job = store.get(job_id, raw=raw)
     if job is None:
         yield sse("error", {"code": ErrorCode.NOT_FOUND.value, "message": f"job {job_id} expired"})
         return

@@ -25,7 +25,7 @@ import redis
 from flask import g, has_request_context, request
 
 from api.errors import ApiError
-from api.waitreaders import READERS, Reader, Subscription
+from api.waitreaders import READERS, REARM_S, Reader, Subscription
 from api.waitslots import SYNC_S, Guarded, Slot, TenantCounts
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT
@@ -84,7 +84,8 @@ class Hub:
         self.open: dict[str, Slot] = {}
         self._clients: dict[Subscription, Any] = {}  # waiter -> its client's socket
         self._lock = threading.Lock()
-        self._readers = [Reader(waits, f"{self.name}:{i}") for i in range(READERS)]
+        self._arrivals = threading.Event()  # a waiter arrived under an armed XREAD (see _wake)
+        self._readers = [Reader(waits, f"{self.name}:{i}", self._arrivals) for i in range(READERS)]
         self._pid = 0  # the process whose threads run (gunicorn forks after a preload)
 
     def _start(self) -> None:
@@ -96,6 +97,7 @@ class Hub:
                     threading.Thread(target=reader.run, name="genq-waiters", daemon=True).start()
                 threading.Thread(target=self._sync, name="genq-waiter-counts", daemon=True).start()
                 threading.Thread(target=self._watch, name="genq-waiter-watchdog", daemon=True).start()
+                threading.Thread(target=self._wake, name="genq-waiter-waker", daemon=True).start()
                 self._pid = os.getpid()
 
     def _sync(self) -> None:
@@ -105,6 +107,19 @@ class Hub:
                 self.tenants.sync()
             except redis.RedisError as exc:  # the counts stay as they were until Redis is back
                 log.warning("waiter counts: %s", exc)
+
+    def _wake(self) -> None:
+        # Arrivals re-arm their readers in batches: one wake per reader per REARM_S at most (longer
+        # for a reader watching thousands of streams), sent here, never from a request.
+        while True:
+            self._arrivals.wait()
+            time.sleep(max(REARM_S, *(reader.gap_s() for reader in self._readers)))
+            self._arrivals.clear()
+            for reader in self._readers:
+                try:
+                    reader.wake_for_arrivals()
+                except redis.RedisError as exc:  # the reader's own BLOCK timeout re-arms it anyway
+                    log.warning("waiter waker: %s", exc)
 
     def _watch(self) -> None:
         while True:
@@ -166,6 +181,10 @@ class Hub:
         return Guarded(body, slot)
 
     # --- waiting ------------------------------------------------------------
+    def subscriptions(self) -> int:
+        """Return how many (waiter, stream) subscriptions the readers serve now."""
+        return sum(reader.subscriptions() for reader in self._readers)
+
     @contextlib.contextmanager
     def subscribe(self, after: Mapping[str, str], sock: Any = None) -> Iterator[Subscription]:
         """Receive the entries of these streams after these ids while the block runs.
@@ -188,11 +207,18 @@ class Hub:
             with self._lock:
                 self._clients.pop(sub, None)
 
-    def wait_ended(self, job_id: str, timeout_s: float) -> None:
-        """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up."""
+    def wait_ended(self, job_id: str, timeout_s: float) -> dict[str, str] | None:
+        """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up.
+
+        Return the job's record as its reader read it when it ended (None if it did not, or unread).
+        """
         deadline = time.monotonic() + timeout_s
         counted = self.held() if has_request_context() else contextlib.nullcontext()
-        with counted, self.subscribe({keys.ended(job_id): "0-0"}, request_socket()) as sub:
+        key = keys.ended(job_id)
+        with counted, self.subscribe({key: "0-0"}, request_socket()) as sub:
             while (left := deadline - time.monotonic()) > 0:
-                if sub.get(left) or sub.gone:
-                    return
+                if sub.get(left):
+                    return sub.records.get(key)
+                if sub.gone:
+                    return None
+        return None
