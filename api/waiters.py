@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
-import socket
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from flask import g, has_request_context, request
 from api.errors import ApiError
 from api.waitreaders import READERS, REARM_S, Reader, Subscription
 from api.waitslots import SYNC_S, Guarded, Slot, TenantCounts
+from api.waitwatch import Watchdog
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT
 from shared.schemas import ErrorCode
@@ -34,39 +33,7 @@ from shared.waitstore import WaitStore
 
 CHECK_S = 1.0  # seconds between the watchdog's checks that waiting clients are still connected
 
-try:  # the real poll(2): a non-blocking check of thousands of sockets in one call, even under gevent
-    from gevent.monkey import get_original
-
-    _poll = get_original("select", "poll")
-except ImportError:  # pragma: no cover - gevent is a dependency; threads need no original
-    _poll = select.poll
-
-_CLOSED = select.POLLHUP | select.POLLERR | select.POLLNVAL
 log = logging.getLogger(__name__)
-
-
-def hung_up(clients: list[tuple[Subscription, Any]]) -> list[Subscription]:
-    """Return the subscriptions whose client socket was closed by its peer: one poll(2) for all."""
-    poller, by_fd, gone = _poll(), {}, []
-    for sub, sock in clients:
-        fd = sock.fileno()
-        if fd < 0:  # the server already closed it
-            gone.append(sub)
-        elif fd not in by_fd:
-            by_fd[fd] = (sock, [sub])
-            poller.register(fd, select.POLLIN | select.POLLPRI)
-        else:
-            by_fd[fd][1].append(sub)
-    for fd, events in poller.poll(0):
-        sock, subs = by_fd[fd]
-        try:  # readable: EOF (gone) or the client's next request (still there)
-            if events & _CLOSED or not sock.recv(1, socket.MSG_PEEK):
-                gone += subs
-        except ValueError:  # a TLS socket can't peek; its next write will tell
-            pass
-        except OSError:
-            gone += subs
-    return gone
 
 
 def request_socket() -> Any:
@@ -82,7 +49,7 @@ class Hub:
         self.max_per_process = max_per_process
         self.tenants = TenantCounts(waits, max_per_tenant, self.name)
         self.open: dict[str, Slot] = {}
-        self._clients: dict[Subscription, Any] = {}  # waiter -> its client's socket
+        self._watchdog = Watchdog()  # the waiting clients' sockets
         self._lock = threading.Lock()
         self._arrivals = threading.Event()  # a waiter arrived under an armed XREAD (see _wake)
         self._readers = [Reader(waits, f"{self.name}:{i}", self._arrivals) for i in range(READERS)]
@@ -124,10 +91,8 @@ class Hub:
     def _watch(self) -> None:
         while True:
             time.sleep(CHECK_S)
-            with self._lock:
-                clients = list(self._clients.items())
             try:
-                for sub in hung_up(clients):
+                for sub in self._watchdog.gone():
                     sub.hang_up()
             except Exception:  # never let one odd socket stop the watchdog
                 log.exception("waiter watchdog")
@@ -195,8 +160,7 @@ class Hub:
         sub = Subscription(after)
         chosen = [(self._readers[zlib.crc32(k.encode()) % len(self._readers)], k) for k in after]
         if sock is not None:
-            with self._lock:
-                self._clients[sub] = sock
+            self._watchdog.add(sub, sock)
         try:
             for reader, key in chosen:
                 reader.add(key, sub)
@@ -204,8 +168,8 @@ class Hub:
         finally:
             for reader, key in chosen:
                 reader.remove(key, sub)
-            with self._lock:
-                self._clients.pop(sub, None)
+            if sock is not None:
+                self._watchdog.remove(sub)
 
     def wait_ended(self, job_id: str, timeout_s: float) -> dict[str, str] | None:
         """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up.

@@ -30,9 +30,9 @@ RETRY_S = 1.0  # seconds a reader pauses after a Redis error
 REARM_S = 0.05  # seconds the waker gathers arriving waiters before it re-arms their readers
 # Re-arming sends every watched stream again (~2-3 us of CPU a stream, measured, plus Redis's share),
 # so a reader re-arms at most once per this many seconds per stream it watches: with 1,250 streams
-# every 50 ms, whatever arrives or ends meanwhile. That bounds it to a few percent of a core however
+# every 125 ms, whatever arrives or ends meanwhile. That bounds it to a few percent of a core however
 # fast waiters come and go, at the price of that much delay for their entries.
-REARM_S_PER_STREAM = 40e-6
+REARM_S_PER_STREAM = 100e-6
 MAX_GAP_S = 0.25  # the longest such pause, in seconds
 
 log = logging.getLogger(__name__)

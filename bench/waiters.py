@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -40,6 +41,7 @@ HEALTH_EVERY_S = 0.1  # seconds between /healthz probes
 SUBMIT_EVERY_S = 0.1  # seconds between job submissions (submissions continue through the hold)
 END_TIMEOUT_S = 120  # longest wait for every waiter to get its job's end
 MIB = 2**20
+OWN_FILES = 1000  # open files besides the waiters' sockets (Redis, logs, the prober's)
 TARGETS_MS = {"healthz_p99": 100, "submit_p99": 200}
 
 
@@ -114,6 +116,14 @@ def _timed(req: urllib.request.Request | str, expected: int, errors: list) -> fl
     return time.monotonic() - t0
 
 
+async def _start_prober(base: str, seconds: float) -> asyncio.subprocess.Process:
+    """Start the prober in a process of its own, so that this client loop does not skew its timings."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.waiters", "--probe", base, "--hold-s", str(seconds),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 # --- the waiters ---------------------------------------------------------------------------------
 async def _poll(base: str, job_id: str, gate: asyncio.Semaphore, ended: list[float]) -> None:
     while True:  # a long poll that runs out (GENQ_MAX_WAIT) is sent again, as a client would
@@ -167,6 +177,8 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
     total = len(polls) + len(streams)
     rss_before = api_rss(api_pid)
     gate, ended = asyncio.Semaphore(CONNECT_AT_ONCE), []
+    # Probes while the clients connect too (reported apart: they queue behind the connection storm).
+    opening = await _start_prober(base, total / args.open_rate)
     t0 = time.monotonic()
     tasks = []
     # Clients arrive at --open-rate a second, streams and polls interleaved, as users would.
@@ -181,12 +193,10 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
         if now_held > held:
             held, grew_at = now_held, time.monotonic()
     open_s = time.monotonic() - t0
-    prober = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.waiters", "--probe", base, "--hold-s", str(args.hold_s),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await prober.communicate()
-    probes = json.loads(out)
+    during_open = json.loads((await opening.communicate())[0])
+    load_before = os.getloadavg()[0]
+    probes = json.loads((await (await _start_prober(base, args.hold_s)).communicate())[0])
+    load_after = os.getloadavg()[0]
     rss_after, clients = api_rss(api_pid), len(store.r.client_list())
     await asyncio.get_running_loop().run_in_executor(None, _finish, store, polls + streams)
     t_end = time.monotonic()
@@ -204,6 +214,11 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
         "submit_p99_ms": _pct(probes["submit"], 0.99),
         "probes": len(probes["healthz"]) + len(probes["submit"]),
         "probe_errors": len(probes["errors"]),
+        "load_avg_1m": f"{load_before:.1f}-{load_after:.1f}",
+        "opening_healthz_p50_ms": _pct(during_open["healthz"], 0.5),
+        "opening_healthz_p99_ms": _pct(during_open["healthz"], 0.99),
+        "opening_submit_p99_ms": _pct(during_open["submit"], 0.99),
+        "opening_probe_errors": len(during_open["errors"]),
         "kib_per_waiter": round((rss_after - rss_before) / max(held, 1) / 1024, 1),
         "api_rss_mib": round(rss_after / MIB, 1),
         "redis_connections": clients,
@@ -257,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(probe(args.probe, args.hold_s)))
         return 0
-    waitclient.raise_open_files()
+    wanted = args.streams + args.polls + OWN_FILES
+    if waitclient.raise_open_files() < wanted:  # children (the API, the prober) inherit the limit
+        print(f"bench: needs {wanted} open files (ulimit -n); raise the hard limit", file=sys.stderr)
+        return 1
     try:
         results = run(args)
     except BenchError as exc:
