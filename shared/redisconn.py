@@ -16,7 +16,11 @@ from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel://"
 HEALTH_CHECK_S = 30  # seconds between checks of an idle pooled connection
-POOL_WAIT_S = 60  # longest wait for a free pooled connection (a burst of ends queues here), in s
+# Longest wait for a free pooled connection, in seconds. It was 60 s while each waiter woken by a
+# burst of job ends read its job's record through the pool; the API's waiter readers now read a
+# burst's records in one call on connections of their own, so a request waits here only behind
+# other requests' single commands. Past this it fails (503) rather than hold its client a minute.
+POOL_WAIT_S = 10
 SENTINEL_TIMEOUT_S = 1.0  # how long one Sentinel may take to answer, in seconds
 
 
