@@ -23,6 +23,7 @@ from tests.support import RedisServer, start_api, wait_until
 
 CONNECT_AT_ONCE = 200  # connections opened concurrently while the waiters are set up
 POOL = 8  # the request handlers' Redis connections in the burst test (the least the settings allow)
+BURST = 600  # waiters (half long polls, half streams) whose jobs end together in the burst test
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +214,7 @@ def test_a_burst_of_ends_reaches_every_waiter_while_the_request_pool_is_exhauste
     # The readers read the ended jobs' records on their own connections and hand them over, so
     # hundreds of waiters woken at once make no call through the pool the request handlers share.
     ctx = Context.build(settings.model_copy(update={"api_redis_connections": POOL}))
-    polls, streams = _queued_jobs(store, 150), _queued_jobs(store, 150)
+    polls, streams = _queued_jobs(store, BURST // 2), _queued_jobs(store, BURST // 2)
     answers: dict[str, object] = {}
 
     def poll(job_id: str) -> None:
@@ -226,17 +227,18 @@ def test_a_burst_of_ends_reaches_every_waiter_while_the_request_pool_is_exhauste
     threads += [threading.Thread(target=stream, args=(j,), daemon=True) for j in streams]
     for thread in threads:
         thread.start()
-    wait_until(lambda: ctx.waiters.subscriptions() == 300, 60, "300 subscribed waiters")
+    wait_until(lambda: ctx.waiters.subscriptions() == BURST, 60, f"{BURST} subscribed waiters")
     time.sleep(1)  # the last arrivals' wake-ups (through the pool) are sent
     pool = ctx.store.r.connection_pool
     taken = [pool.get_connection() for _ in range(POOL)]  # every request handler would wait now
     try:
         _finish(store, polls + streams)
-        deadline = time.monotonic() + 30
+        ended = time.monotonic()
+        deadline = ended + 30
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         still = sum(thread.is_alive() for thread in threads)
-        assert still == 0, f"{still} of 300 waiters still wait (on the request pool?)"
+        assert still == 0, f"{still} of {BURST} waiters still wait (on the request pool?)"
     finally:
         for connection in taken:
             pool.release(connection)
