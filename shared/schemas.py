@@ -159,7 +159,7 @@ class ErrorCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"
     TOKENIZER_UNAVAILABLE = "tokenizer_unavailable"  # no worker of the model has published its tokenizer yet
     GRAMMAR_INVALID = "grammar_invalid"  # the job's constraint cannot be compiled by the worker
-    GRAMMAR_TOO_COMPLEX = "grammar_too_complex"  # its constraint exceeds the compile limits (time or fuel)
+    GRAMMAR_TOO_COMPLEX = "grammar_too_complex"  # its constraint exceeds the work limits (compile time, fuel)
     INTERNAL = "internal_error"
 
 

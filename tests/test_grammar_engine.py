@@ -174,3 +174,21 @@ def test_an_unsatisfiable_constraint_fails_its_job_at_compile(engine: Engine, fi
     with pytest.raises(GenerationError) as err:
         engine.constraint(ConstraintFields(**fields))
     assert err.value.code is ErrorCode.GRAMMAR_INVALID
+
+
+def test_a_matcher_that_fails_mid_output_fails_its_job_alone(engine: Engine) -> None:
+    """A matcher error after a token (llguidance out of step fuel) fails that row with a code;
+    before, the row ended `stop` as if its text were whole."""
+    plain = job(engine, PROMPTS[1], max_new=8)
+    plain.ignore_eos = True
+    [alone] = engine.generate([job(engine, PROMPTS[1], max_new=8)])
+    broken = constrained(engine, PROMPTS[0], choice=CHOICES)
+    assert broken.constraint is not None
+    broken.constraint.take(engine.encode(prompt="zebra")[-1])  # forbidden: a real matcher error
+    assert broken.constraint.error is not None
+    futures = [engine.submit(broken), engine.submit(plain)]
+    drive(engine, futures)
+    with pytest.raises(GenerationError) as err:
+        futures[0].result()
+    assert err.value.code is ErrorCode.GRAMMAR_TOO_COMPLEX and "matcher failed" in str(err.value)
+    assert futures[1].result().text == alone.text  # the other row went on untouched

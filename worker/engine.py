@@ -401,6 +401,9 @@ class Engine:
             row = self._rows[i]
             if i in failed:
                 continue
+            if row.req.constraint is not None and row.req.constraint.error is not None:
+                failed[i] = _grammar_failed(row, row.req.constraint.error)  # its mask step failed
+                continue
             if token in self.eos_ids and not row.req.ignore_eos:
                 # A grammar lets EOS through only once the output is whole: that is a stop.
                 finished[i] = FinishReason.EOS if row.req.constraint is None else FinishReason.STOP
@@ -410,7 +413,12 @@ class Engine:
             row.ids.append(token)
             if offset in self._picked:
                 row.logprobs.append(self._picked[offset])
-            grammar_done = row.req.constraint is not None and _take(row.req.constraint, token)
+            if row.req.constraint is not None:
+                row.req.constraint.take(token)
+                if row.req.constraint.error is not None:  # e.g. a step out of fuel: this row alone fails
+                    failed[i] = _grammar_failed(row, row.req.constraint.error)
+                    continue
+            grammar_done = row.req.constraint is not None and row.req.constraint.complete
             if row.first_token is None:
                 row.first_token = made_at
             try:
@@ -536,15 +544,12 @@ def _decode_failed(row: _Row, exc: Exception) -> GenerationError:
     )
 
 
-def _take(constraint: Constraint, token: int) -> bool:
-    """Advance a row's grammar by its new token; return True once the grammar is complete."""
-    constraint.take(token)
-    if constraint.error is not None:
-        # HACK: a matcher out of fuel mid-output; its mask allowed nothing useful, so end the row
-        # as if complete rather than fail the batch (its text then may not match).
-        log.warning("grammar matcher failed: %s", constraint.error)
-        return True
-    return constraint.complete
+def _grammar_failed(row: _Row, error: str) -> GenerationError:
+    # llguidance bounds each mask step's work (fuel); a grammar that needs more mid-output is too
+    # complex for this job, which fails alone with a code rather than end as if its text were whole.
+    return GenerationError(
+        ErrorCode.GRAMMAR_TOO_COMPLEX, f"the constraint's matcher failed after {len(row.ids)} tokens: {error}"
+    )
 
 
 def _generator(req: Request, device: torch.device) -> torch.Generator | None:
