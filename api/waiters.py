@@ -2,9 +2,10 @@
 
 A waiter subscribes to the streams it waits on (a job's `ended` entry, or its events). Each of a
 few reader threads (greenlets under gevent) blocks in ONE XREAD over every stream its waiters
-watch and hands each entry to them; a waiter arriving re-arms that XREAD through the reader's own
-wake stream. One watchdog per process notices clients that hang up. So a waiting client costs a
-queue and a socket, never a Redis connection nor a timer of its own.
+watch and hands each entry to them, with the records of the jobs that the entries end; a waker
+re-arms those XREADs for arriving waiters, in batches. One watchdog per process notices clients
+that hang up. So a waiting client costs a queue and a socket, never a Redis connection nor a
+timer of its own.
 """
 
 from __future__ import annotations

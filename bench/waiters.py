@@ -57,6 +57,10 @@ def start_waiting_api(children: Supervisor, redis_url: str, cache_dir: Path, mod
         api_worker_connections=waiters + 2000,
         max_waiters_per_process=waiters + 1000,  # gunicorn need not split connections evenly
         max_waiters_per_tenant=0,
+        # Its jobs are stored without a broker message (no worker runs), so the reconciler of an
+        # API process would re-send all 10,000 one lease after their creation, mid-measurement:
+        # a lease of 10 minutes keeps that catch-up out of the figures.
+        lease_seconds=600,
         max_queued=0,
         max_queued_per_tenant=0,
         rate_limit="100000000/minute",
