@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -148,8 +149,14 @@ async def _stream(base: str, job_id: str, gate: asyncio.Semaphore, ended: list[f
         await waitclient.send(writer, "GET", f"/v1/jobs/{job_id}/stream")
     reply = await waitclient.receive(reader, writer)
     if "event: done" not in reply.body:
-        raise BenchError(f"a stream ended without its done event: {reply.status} {reply.body[-200:]!r}")
+        events = re.findall(r"^event: (\w+)", reply.body, re.M)
+        code = re.findall(r'"code":"(\w+)"', reply.body)
+        raise BenchError(f"{reply.status} {events[-1] if events else '-'} {code[-1] if code else '-'}")
     ended.append(time.monotonic())
+
+
+def _reason(exc: BaseException | None) -> str:
+    return f"stream: {exc}" if isinstance(exc, BenchError) else type(exc).__name__
 
 
 def _interleave(polls: list[str], streams: list[str]) -> list[tuple[str, Any]]:
@@ -208,7 +215,8 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
     done, _ = await asyncio.wait(tasks, timeout=END_TIMEOUT_S)
     for task in tasks:
         task.cancel()
-    failures = Counter(type(t.exception()).__name__ for t in done if t.exception() is not None)
+    # A stream without its done event: BenchError(status, its last event, its error code if any).
+    failures = Counter(_reason(t.exception()) for t in done if t.exception() is not None)
     return {
         "waiters_wanted": total,
         "waiters_held": held,
