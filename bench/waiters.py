@@ -2,9 +2,11 @@
 
 `python -m bench.waiters` starts its own Redis and, for each concurrency model in turn, the real API
 (gunicorn, 2 processes); it opens --streams SSE streams and --polls long polls on queued jobs, and
-while they are held a separate prober process times /healthz and job submissions. It prints p50/p99
-of both, API memory per open waiter, Redis connections, and how long every waiter took to get its
-job's end once the jobs ended. No worker runs: the jobs are ended through the job store.
+a separate prober process times /healthz and job submissions, while they connect and once all are
+held (reported apart). It prints p50/p99 of both, the load average, API memory per open waiter,
+Redis connections, and how long every waiter took to get its job's end once the jobs ended. No
+worker runs: the jobs are ended through the job store. It raises its open-files limit (children
+inherit it) and refuses to start below what the load needs.
 """
 
 from __future__ import annotations
