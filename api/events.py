@@ -15,7 +15,15 @@ import redis
 from flask import Response
 
 from shared import keys
-from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_STATUS, EVENT_TOKEN, JobStore
+from shared.jobstore import (
+    EVENT_DONE,
+    EVENT_LOGPROBS,
+    EVENT_PROMPT_LOGPROBS,
+    EVENT_RESET,
+    EVENT_STATUS,
+    EVENT_TOKEN,
+    JobStore,
+)
 from shared.schemas import ErrorCode, Status
 
 if TYPE_CHECKING:  # api.waiters imports api.errors, which imports this module
@@ -61,7 +69,7 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
                 for _, _, event in got:
                     kind = event.get("type")
                     if kind == EVENT_TOKEN:
-                        yield sse("token", {"text": event.get("data", "")})
+                        yield sse("token", token_payload(event))
                     elif kind == EVENT_STATUS:
                         yield sse("status", {"status": event.get("data")})
                     elif kind == EVENT_RESET:  # its worker died; the job runs again from the start
@@ -84,6 +92,15 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
         yield sse(
             "error", {"code": ErrorCode.SERVICE_UNAVAILABLE.value, "message": f"job store unavailable: {exc}"}
         )
+
+
+def token_payload(event: dict) -> dict[str, Any]:
+    """Return a token event's data: its text, and the log-probability entries its job asked for."""
+    data: dict[str, Any] = {"text": event.get("data", "")}
+    for name in (EVENT_PROMPT_LOGPROBS, EVENT_LOGPROBS):  # absent unless the job asked
+        if name in event:
+            data[name] = json.loads(event[name])
+    return data
 
 
 def _final(store: JobStore, job_id: str, raw: dict[str, str] | None = None) -> Iterator[str]:

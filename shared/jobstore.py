@@ -28,6 +28,9 @@ EVENT_TOKEN = "token"  # new text produced
 EVENT_STATUS = "status"  # the job changed state
 EVENT_RESET = "reset"  # the job's worker died: drop the text streamed so far, it runs again
 EVENT_DONE = "done"  # the job reached a terminal state; always the last event
+# Fields a token event has beside its text when its job asked: JSON lists of entries (shared/schemas.py
+# TokenLogprob) of the tokens whose text it carries, and of the prompt's tokens (echo, first event).
+EVENT_LOGPROBS, EVENT_PROMPT_LOGPROBS = "logprobs", "prompt_logprobs"
 _TERMINAL = [s.value for s in TERMINAL]
 BLOCK_SLICE_MS = 2000  # longest single XREAD BLOCK, in milliseconds
 # Seconds after which an Idempotency-Key bound to nothing that exists passes to a retry: longer
@@ -60,6 +63,15 @@ class Claim:
     outcome: str | None  # 'claimed', 'expired' (past its deadline), else the status that forbids it
     record: JobRecord | None = None  # the job as claimed (status running); None unless claimed
     attempt: int = 0  # the attempt this claim made: its fencing token, carried by the worker's writes
+
+
+@dataclass(frozen=True)
+class Entries:
+    """Log-probability entries published with a job's text, one JSON object per token."""
+
+    entries: list[str]
+    offset: int | None = None  # entries of this attempt on its stream before these (None = all there are)
+    field: str = EVENT_LOGPROBS  # EVENT_LOGPROBS, or EVENT_PROMPT_LOGPROBS for the prompt's (echo)
 
 
 class JobStore:
@@ -297,21 +309,30 @@ class JobStore:
 
     # --- events -------------------------------------------------------------
     def publish_tokens(
-        self, deltas: dict[str, str], attempts: dict[str, int], offsets: dict[str, int] | None = None
+        self,
+        deltas: dict[str, str],
+        attempts: dict[str, int],
+        offsets: dict[str, int] | None = None,
+        logprobs: dict[str, Entries] | None = None,
     ) -> set[str]:
         """Append new text of several jobs to their event streams in one fenced step; return the
         ids whose attempt no longer holds its job (their text was dropped).
 
         offsets: the byte of each attempt's text where its delta starts (UTF-8; default: at the
         end of what is there), so that a retry after a lost reply appends nothing twice.
+        logprobs: the log-probability entries of the tokens whose text a delta carries (only for
+        the jobs that asked: the others' events carry nothing more).
         """
-        offsets = offsets or {}
+        offsets, logprobs = offsets or {}, logprobs or {}
         names = [k for job_id in deltas for k in (keys.job(job_id), keys.events(job_id))]
-        args = [
-            x
-            for job_id, text in deltas.items()
-            for x in (job_id, attempts.get(job_id, 0), offsets.get(job_id, ""), text)
-        ]
+        args = []
+        for job_id, text in deltas.items():
+            lp = logprobs.get(job_id)
+            args += [job_id, attempts.get(job_id, 0), offsets.get(job_id, ""), text]
+            if lp is None:
+                args += ["", "", ""]
+            else:
+                args += ["" if lp.offset is None else lp.offset, lp.field, "\n".join(lp.entries)]
         return set(self._publish(keys=names, args=[self.ttl_s, *args]))
 
     def events(self, job_id: str, after: str = "0-0", timeout_s: float = 0) -> Iterator[dict]:

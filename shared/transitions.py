@@ -195,7 +195,7 @@ if deadline and now > tonumber(deadline) then
   return {'expired', 0}
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', now, 'worker', ARGV[2], 'device', ARGV[3],
-  'streamed', 0)
+  'streamed', 0, 'lpstreamed', 0)
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', 'running')
@@ -231,24 +231,43 @@ return lost
 # appended only while its worker still holds the job; returns the ids it no longer holds. Each
 # row says at which byte of the attempt's text it starts, so a retry after a lost reply appends
 # only what is not on the stream yet ('streamed' counts the bytes, reset by each claim).
+# A row of a job that asked for log-probabilities also carries their entries (JSON objects, one
+# line each) and the event field they go in; then entries are the unit of progress instead
+# ('lpstreamed' counts them): a retry skips the entries, and the bytes of text, already there.
 # KEYS: job, events pairs. ARGV: events TTL (seconds), then job id, attempt, offset ('' = at the
-# end), text.
+# end), text, entry offset ('' = at the end), entries' event field, entries ('' = none).
 PUBLISH = (
     _KEYS
     + """
 local lost = {}
 for k = 1, #KEYS, 2 do
-  local a = 2 + (k - 1) / 2 * 4
-  local st, n, have = unpack(redis.call('HMGET', KEYS[k], 'status', 'attempts', 'streamed'))
+  local a = 2 + (k - 1) / 2 * 7
+  local job = KEYS[k]
+  local st, n, have, had = unpack(redis.call('HMGET', job, 'status', 'attempts', 'streamed', 'lpstreamed'))
   if st == 'running' and n == ARGV[a + 1] then
-    local text = ARGV[a + 3]
+    local text, lines = ARGV[a + 3], ARGV[a + 6]
     have = tonumber(have or '0')
     local offset = tonumber(ARGV[a + 2]) or have  -- '': right after what is there
-    if offset + #text > have then
-      if have > offset then text = string.sub(text, have - offset + 1) end
-      redis.call('XADD', KEYS[k + 1], '*', 'type', 'token', 'data', text)
+    local event = nil
+    if lines == '' then
+      if offset + #text > have then event = {'type', 'token', 'data', text} end
+    else
+      had = tonumber(had or '0')
+      local from = tonumber(ARGV[a + 4]) or had
+      local count = select(2, string.gsub(lines, '\\n', '')) + 1
+      if from + count > had then
+        local at = 1
+        for _ = 1, had - from do at = string.find(lines, '\\n', at, true) + 1 end
+        local list = '[' .. string.gsub(string.sub(lines, at), '\\n', ',') .. ']'
+        event = {'type', 'token', 'data', text, ARGV[a + 5], list}
+        redis.call('HSET', job, 'lpstreamed', from + count)
+      end
+    end
+    if event then
+      if have > offset then event[4] = string.sub(text, have - offset + 1) end
+      redis.call('XADD', KEYS[k + 1], '*', unpack(event))
       redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
-      redis.call('HSET', KEYS[k], 'streamed', offset + #ARGV[a + 3])
+      redis.call('HSET', job, 'streamed', offset + #text)
     end
   else
     table.insert(lost, ARGV[a])

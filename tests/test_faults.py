@@ -6,6 +6,7 @@ and none with two results (a job's event stream holds exactly one done event).
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 
 from genq.client import Client, GenqError
 from shared import keys
@@ -171,23 +173,62 @@ def test_kill9_redis_mid_stream_loses_no_text(
     start_worker, client: Client, store: JobStore, redis_server_own: RedisServer
 ) -> None:
     # Found by the nemesis soak (make chaos): tokens made while Redis was down used to be dropped,
-    # so the stream no longer added up to the job's text.
+    # so the stream no longer added up to the job's text. Token events of jobs that asked carry
+    # logprob entries too: each must reach the stream once, still beside the text of its token.
     store.r.config_set("appendfsync", "always")  # every acknowledged token survives the kill
     start_worker()
-    ids = submit_all(client, 4, max_new_tokens=600, ignore_eos=True, temperature=0)
+    params = {"max_new_tokens": 600, "ignore_eos": True, "temperature": 0}
+    ids = submit_all(client, 2, **params) + submit_all(client, 2, **params, logprobs=True, top_logprobs=1)
     wait_until(lambda: store.r.zcard(keys.RUNNING) > 0, 30, "jobs to be running")
     time.sleep(0.5)
     kill9_and_restart(redis_server_own, down_s=2)
     done = check_exactly_once(client, store, ids)
     assert all(j["status"] == "succeeded" for j in done), [j["error"] for j in done if j["error"]]
     for job in done:
-        text = ""  # read with the reset rule
+        asked = job["id"] in ids[2:]
+        text, entries = "", []  # read with the reset rule
         for _, event in store.r.xrange(keys.events(job["id"])):
             if event["type"] == "token":
                 text += event["data"]
+                entries += json.loads(event.get("logprobs", "[]"))
+                assert ("logprobs" in event) == asked or not event["data"], "text without its entries"
             elif event["type"] == "reset":
-                text = ""
+                text, entries = "", []
         assert text == job["output"]["text"], job["id"]
+        assert entries == job["output"].get("logprobs", []), job["id"]
+
+
+@pytest.mark.slow
+def test_a_stream_across_a_killed_worker_sends_each_logprob_once(
+    start_worker, api_server: str, client: Client, store: JobStore
+) -> None:
+    worker = start_worker()
+    oai = OpenAI(base_url=api_server + "/v1", api_key="unused", max_retries=0, timeout=300)
+    request = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 3000, "temperature": 0}
+    stream = oai.completions.create(**request, logprobs=1, stream=True, extra_body={"ignore_eos": True})
+    [job_id] = stream.response.headers["x-genq-job-ids"].split(",")
+    chunks = iter(stream)
+    text, tokens, values = "", [], []
+    for chunk in chunks:
+        [c] = chunk.choices
+        text += c.text
+        tokens += c.logprobs.tokens if c.logprobs else []
+        values += c.logprobs.token_logprobs if c.logprobs else []
+        if len(tokens) >= 20:
+            worker.signal(signal.SIGKILL)  # mid-answer: the job runs again on the next worker
+            worker.proc.wait(10)
+            start_worker()
+            break
+    for chunk in chunks:
+        [c] = chunk.choices
+        text += c.text
+        tokens += c.logprobs.tokens if c.logprobs else []
+        values += c.logprobs.token_logprobs if c.logprobs else []
+    job = client.get(job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert text == job["output"]["text"]
+    assert tokens == [e["token"] for e in job["output"]["logprobs"]]  # none twice, none missing
+    assert values == pytest.approx([e["logprob"] for e in job["output"]["logprobs"]], abs=1e-5)
 
 
 def test_redis_down_503_then_recovers_without_restarts(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from shared.schemas import FinishReason
 from shared.settings import ModelSpec
 from tests.test_engine import GREEDY, PROMPTS  # prompts of 2 to ~34 tokens: batches need padding
-from worker.engine import Engine, Request
+from worker.engine import Engine, Hooks, Request
 from worker.loader import load_model
 from worker.sampling import RowParams
 
@@ -139,3 +141,44 @@ def test_logprobs_do_not_change_text(engine: Engine) -> None:
     a = engine.generate(asked)
     b = engine.generate(plain)
     assert [x.text for x in a] == [y.text for y in b]
+
+
+class StreamRecorder(Hooks):
+    """Keep every on_text call's text and entries, per job, and the prompt entries handed on."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[tuple[str, list[dict] | None]]] = defaultdict(list)
+        self.prompts: dict[str, list[dict]] = {}
+
+    def on_text(self, deltas, logprobs=None, prompt_logprobs=None) -> None:
+        for job_id, text in deltas.items():
+            self.events[job_id].append((text, (logprobs or {}).get(job_id)))
+        self.prompts |= prompt_logprobs or {}
+
+
+def test_streamed_entries_ride_with_their_text(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each delta carries the entries of exactly the tokens whose text it carries; all add up."""
+    recorder = StreamRecorder()
+    monkeypatch.setattr(engine, "hooks", recorder)
+    sampled = RowParams(sampling=True, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    # Random weights emit stray bytes: tokens whose text is an incomplete character wait for the rest.
+    asked = [req(engine, p, max_new=40, params=sampled, logprobs=i % 3) for i, p in enumerate(PROMPTS * 2)]
+    base = engine.generate([req(engine, PROMPTS[1], max_new=40, ignore_eos=True)])[0].text
+    stopped = req(engine, PROMPTS[1], max_new=40, logprobs=1, ignore_eos=True, stop=[base[20:23]])
+    echo = req(engine, PROMPTS[2], max_new=5, logprobs=2, prompt_logprobs=2)
+    plain = req(engine, PROMPTS[0], max_new=8, params=sampled)
+    reqs = [*asked, stopped, echo, plain]
+    results = engine.generate(reqs)
+    assert results[len(asked)].finish_reason is FinishReason.STOP
+    assert all(entries is None for _, entries in recorder.events[plain.id]) and recorder.events[plain.id]
+    assert set(recorder.prompts) == {echo.id} and recorder.prompts[echo.id] == results[-2].prompt_logprobs
+    for r, res in zip(reqs[:-1], results[:-1], strict=True):
+        events = recorder.events[r.id]
+        assert "".join(text for text, _ in events) == res.text
+        assert [e for _, entries in events for e in entries or []] == res.logprobs
+        assert all(entries for text, entries in events if text)  # no text without its tokens
+        ids, so_far = [], ""
+        for text, entries in events[:-1]:  # all but the last: it may be cut at a stop
+            ids += [e["id"] for e in entries or []]
+            so_far += text
+            assert so_far == engine.tokenizer.decode(ids, skip_special_tokens=True), r.id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -80,9 +81,19 @@ class Result:
 class Hooks:
     """Where the engine reports progress; the worker sends it to Redis, tests may record it."""
 
-    def on_text(self, deltas: dict[str, str]) -> set[str] | None:
+    def on_text(
+        self,
+        deltas: dict[str, str],
+        logprobs: dict[str, list[dict]] | None = None,
+        prompt_logprobs: dict[str, list[dict]] | None = None,
+    ) -> set[str] | None:
         """Receive the new text of each job that produced some in this step; return the ids of
-        jobs no longer ours, whose rows the next step drops."""
+        jobs no longer ours, whose rows the next step drops.
+
+        For the jobs that asked, logprobs holds the entries (worker/logprobs.describe) of exactly
+        the tokens whose text the delta carries (its text may be "" then: tokens without text,
+        such as EOS, at the end), and prompt_logprobs the prompt's entries (echo), once, first.
+        """
         return None
 
     def cancelled(self, ids: list[str]) -> set[str]:
@@ -103,7 +114,11 @@ class _Row:
     read_offset: int = 0
     first_token: float | None = None  # perf_counter() when the first token was appended
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per appended token, when asked
+    described: list[dict] = field(default_factory=list)  # logprobs turned to JSON so far (describe)
+    bounds: list[int] = field(default_factory=list)  # per token whose text is decoded: len(text) after it
+    lp_emitted: int = 0  # logprob entries already handed to on_text, with the text they spell
     prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_described: list[dict] | None = None  # prompt_logprobs turned to JSON, once
     cut: bool = False  # a stop string matched and text was cut before it
 
 
@@ -136,6 +151,7 @@ class Engine:
         self._lost: set[str] = set()  # ids to drop at the next step (added by any thread)
         self.threads: set[str] = set()  # names of the threads that have run steps (a worker: one)
         self._picked: dict[int, TokenLogprob] = {}  # last sampled step's logprobs, by row offset
+        self._echoed: dict[str, list[dict]] = {}  # prompt logprobs of rows just admitted, for on_text
         self._grammars: GrammarBook | None = None
         self._grammars_lock = threading.Lock()
 
@@ -251,6 +267,7 @@ class Engine:
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._last, self._seen = [], None, None, None, None
+        self._echoed = {}
 
     def _admit(self) -> None:
         new: list[tuple[Request, Future]] = []
@@ -295,6 +312,8 @@ class Engine:
         rows = [_Row(req=r, future=f, generator=_generator(r, self.device), started=now) for r, f in new]
         for i, entries in echo.items():
             rows[i].prompt_logprobs = entries
+            if rows[i].req.max_new_tokens > 0:  # a scoring job's entries are in its result only
+                self._echoed[rows[i].req.id] = self._prompt_described(rows[i])
         # Scoring jobs (max_new_tokens 0) end at prefill: they never join the decoding batch.
         going = [i for i, r in enumerate(rows) if r.req.max_new_tokens > 0]
         for row in rows:
@@ -394,6 +413,7 @@ class Engine:
         """Append each row's new token, report new text, and retire rows that finished or failed."""
         finished: dict[int, FinishReason] = {}
         deltas: dict[str, str] = {}
+        lps: dict[str, list[dict]] = {}  # entries of the tokens whose text deltas carry (rows that ask)
         values = tokens.tolist()  # waits for the device, so made_at is when the tokens exist
         made_at = time.perf_counter()
         for offset, token in enumerate(values):
@@ -429,6 +449,8 @@ class Engine:
                     reason = FinishReason.LENGTH
                 if reason is not None:
                     finished[i] = reason
+                elif row.req.logprobs is not None:
+                    self._emit_with_logprobs(row, deltas, lps)
                 elif len(row.text) > row.emitted + _holdback(row):
                     upto = len(row.text) - _holdback(row)
                     deltas[row.req.id] = row.text[row.emitted : upto]
@@ -454,10 +476,16 @@ class Engine:
                 failed[i] = _decode_failed(self._rows[i], exc)
                 continue
             results.append((self._rows[i].future, result))
+            row = self._rows[i]
             if delta:
-                deltas[self._rows[i].req.id] = deltas.get(self._rows[i].req.id, "") + delta
-        if deltas:
-            lost = self.hooks.on_text(deltas)
+                deltas[row.req.id] = deltas.get(row.req.id, "") + delta
+            if result.logprobs is not None and len(result.logprobs) > row.lp_emitted:
+                # The rest: tokens whose text came only now, was cut at a stop, or that have none (EOS).
+                lps[row.req.id] = lps.get(row.req.id, []) + result.logprobs[row.lp_emitted :]
+                deltas.setdefault(row.req.id, "")
+        echoed, self._echoed = self._echoed, {}
+        if deltas or echoed:
+            lost = self.hooks.on_text(deltas, lps, echoed) if lps or echoed else self.hooks.on_text(deltas)
             if lost:
                 self._lost.update(lost)
         # Resolve only now: the job's thread then stores the result, whose done event ends the
@@ -469,6 +497,29 @@ class Engine:
             self._rows[i].future.set_exception(error)
         if finished or failed:
             self._drop(sorted(set(finished) | set(failed)))
+
+    def _emit_with_logprobs(self, row: _Row, deltas: dict[str, str], lps: dict[str, list[dict]]) -> None:
+        """Hand on the text of whole tokens only, with their entries, so text and entries stay aligned."""
+        while len(row.bounds) < row.read_offset:  # tokens before read_offset are decoded
+            row.bounds.append(len(row.text))
+        count = bisect.bisect_right(row.bounds, len(row.text) - _holdback(row))
+        upto = row.bounds[count - 1] if count else 0
+        if upto > row.emitted:  # tokens without text (yet) ride with the next text, or the last delta
+            deltas[row.req.id] = row.text[row.emitted : upto]
+            lps[row.req.id] = self._described(row, count)[row.lp_emitted : count]
+            row.emitted, row.lp_emitted = upto, count
+
+    def _described(self, row: _Row, upto: int) -> list[dict]:
+        """Return the row's logprob entries as JSON, describing only those not described before."""
+        if len(row.described) < upto:
+            row.described += describe(row.logprobs[len(row.described) : upto], self.token_text)
+        return row.described
+
+    def _prompt_described(self, row: _Row) -> list[dict]:
+        """Return the row's prompt logprob entries as JSON, described once."""
+        if row.prompt_described is None:
+            row.prompt_described = describe(row.prompt_logprobs or [], self.token_text)
+        return row.prompt_described
 
     def _extend_text(self, row: _Row) -> FinishReason | None:
         """Detokenize incrementally; return STOP (and cut the text) when a stop string appears."""
@@ -506,10 +557,8 @@ class Engine:
             generate_s=t0 - row.started,
             decode_s=decode_s,
             first_token_s=None if row.first_token is None else row.first_token - row.started,
-            logprobs=None if row.req.logprobs is None else describe(row.logprobs, self.token_text),
-            prompt_logprobs=None
-            if row.prompt_logprobs is None
-            else describe(row.prompt_logprobs, self.token_text),
+            logprobs=None if row.req.logprobs is None else list(self._described(row, len(row.logprobs))),
+            prompt_logprobs=None if row.prompt_logprobs is None else self._prompt_described(row),
         )
         return text[row.emitted :], result
 

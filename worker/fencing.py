@@ -6,13 +6,14 @@ the write once the job has moved to another attempt or ended (shared/transitions
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 
 import redis
 
-from shared.jobstore import JobStore
+from shared.jobstore import EVENT_PROMPT_LOGPROBS, Entries, JobStore
 from worker.engine import Hooks
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,28 @@ class StoreHooks(Hooks):
         self.attempts = attempts  # job id → the attempt this worker holds it at (Leases.attempts)
         self.pending: dict[str, str] = {}  # text not on its stream yet (Redis was unreachable)
         self.sent: dict[str, int] = {}  # bytes of each attempt's text already on its stream
+        # Only for the jobs that asked: entries (JSON) not on the stream yet, and how many are.
+        self.pending_lp: dict[str, list[str]] = {}
+        self.pending_prompt: dict[str, list[str]] = {}
+        self.sent_lp: dict[str, int] = {}
         self._lock = threading.Lock()  # the engine thread publishes, job threads flush
         self._failing = False  # one log line per outage, not one per step
 
-    def on_text(self, deltas: dict[str, str]) -> set[str] | None:
+    def on_text(
+        self,
+        deltas: dict[str, str],
+        logprobs: dict[str, list[dict]] | None = None,
+        prompt_logprobs: dict[str, list[dict]] | None = None,
+    ) -> set[str] | None:
         """Append new text to each job's event stream, fenced; return the jobs no longer ours."""
         with self._lock:
             for job_id, text in deltas.items():
                 if job_id in self.attempts:  # a row no claim started (a test's) writes nothing
                     self.pending[job_id] = self.pending.get(job_id, "") + text
+            for kept, new in ((self.pending_lp, logprobs), (self.pending_prompt, prompt_logprobs)):
+                for job_id, entries in (new or {}).items():
+                    if job_id in self.attempts:
+                        kept.setdefault(job_id, []).extend(_lines(entries))
         try:
             return self.flush()
         except redis.RedisError as exc:
@@ -94,19 +108,38 @@ class StoreHooks(Hooks):
     def flush(self, job_ids: set[str] | None = None) -> set[str]:
         """Publish the text kept back for these jobs (all: None); raise RedisError if Redis is away.
 
-        Each row carries the byte offset of its text in the attempt's, so a retry after a lost
-        reply appends nothing twice.
+        Each row carries the byte offset of its text in the attempt's (and of its entries, when
+        it has some), so a retry after a lost reply appends nothing twice. A prompt's entries go
+        first, in an event of their own.
         """
         with self._lock:
+            lost = set()
+            prompts = {j: e for j, e in self.pending_prompt.items() if job_ids is None or j in job_ids}
+            if prompts:
+                lost |= self.store.publish_tokens(
+                    dict.fromkeys(prompts, ""),
+                    dict(self.attempts),
+                    {j: self.sent.get(j, 0) for j in prompts},
+                    {j: Entries(e, 0, EVENT_PROMPT_LOGPROBS) for j, e in prompts.items()},
+                )
+                for job_id, entries in prompts.items():
+                    del self.pending_prompt[job_id]
+                    self.sent_lp[job_id] = len(entries)  # generated entries count on from there
             batch = {j: t for j, t in self.pending.items() if job_ids is None or j in job_ids}
             if not batch:
-                return set()
+                return lost
             offsets = {j: self.sent.get(j, 0) for j in batch}
-            lost = self.store.publish_tokens(batch, dict(self.attempts), offsets)
+            lps = {
+                j: Entries(self.pending_lp[j], self.sent_lp.get(j, 0)) for j in batch if j in self.pending_lp
+            }
+            lost |= self.store.publish_tokens(batch, dict(self.attempts), offsets, lps)
             self._failing = False
             for job_id, text in batch.items():
                 del self.pending[job_id]
                 self.sent[job_id] = offsets[job_id] + len(text.encode())
+                if job_id in lps:
+                    del self.pending_lp[job_id]
+                    self.sent_lp[job_id] = self.sent_lp.get(job_id, 0) + len(lps[job_id].entries)
             return lost
 
     def cancelled(self, ids: list[str]) -> set[str]:
@@ -120,5 +153,10 @@ class StoreHooks(Hooks):
     def forget(self, job_id: str) -> None:
         """Drop what is kept for a job this worker is done with."""
         with self._lock:
-            self.pending.pop(job_id, None)
-            self.sent.pop(job_id, None)
+            for kept in (self.pending, self.sent, self.pending_lp, self.pending_prompt, self.sent_lp):
+                kept.pop(job_id, None)
+
+
+def _lines(entries: list[dict]) -> list[str]:
+    """Return each entry as one line of compact JSON (JSON escapes newlines inside strings)."""
+    return [json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in entries]

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter
+
 from api.openai.schemas import ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs
 from shared.schemas import JobPublic, TokenLogprob
+
+_ENTRIES = TypeAdapter(list[TokenLogprob])
 
 
 def chat_logprobs(job: JobPublic) -> ChatLogprobs | None:
     """Return choices[i].logprobs of a chat choice, or None when the job did not ask."""
     if job.output is None or job.output.logprobs is None:
         return None
+    return chat_entries(job.output.logprobs)
+
+
+def chat_entries(entries: list[TokenLogprob]) -> ChatLogprobs:
+    """Return a chat choice's (or stream chunk's) logprobs for these tokens."""
     content = [
         ChatTokenLogprob(
             token=e.token,
@@ -20,7 +29,7 @@ def chat_logprobs(job: JobPublic) -> ChatLogprobs | None:
                 for t in e.top_logprobs
             ],
         )
-        for e in job.output.logprobs
+        for e in entries
     ]
     return ChatLogprobs(content=content)
 
@@ -28,7 +37,12 @@ def chat_logprobs(job: JobPublic) -> ChatLogprobs | None:
 def echoed_text(job: JobPublic) -> str:
     """Return the prompt's text as its tokens spell it (what echo puts before the completion)."""
     entries = job.output.prompt_logprobs if job.output else None
-    return "".join(e.token for e in entries or [])
+    return spelled(entries or [])
+
+
+def spelled(entries: list[TokenLogprob]) -> str:
+    """Return the text these tokens spell, each as it decodes alone."""
+    return "".join(e.token for e in entries)
 
 
 def completion_logprobs(job: JobPublic, echo: bool) -> CompletionLogprobs | None:
@@ -36,8 +50,12 @@ def completion_logprobs(job: JobPublic, echo: bool) -> CompletionLogprobs | None
     out = job.output
     if out is None or out.logprobs is None:
         return None
-    entries: list[TokenLogprob] = [*(out.prompt_logprobs or [] if echo else []), *out.logprobs]
-    offsets, at = [], 0
+    return completion_entries([*(out.prompt_logprobs or [] if echo else []), *out.logprobs])
+
+
+def completion_entries(entries: list[TokenLogprob], start: int = 0) -> CompletionLogprobs:
+    """Return a text choice's (or stream chunk's) logprobs; start is the first token's text_offset."""
+    offsets, at = [], start
     for e in entries:
         offsets.append(at)
         at += len(e.token)
@@ -47,6 +65,11 @@ def completion_logprobs(job: JobPublic, echo: bool) -> CompletionLogprobs | None
         top_logprobs=[_top(e) for e in entries],
         text_offset=offsets,
     )
+
+
+def parse_entries(raw: str | None) -> list[TokenLogprob]:
+    """Return the entries a token event carries (a JSON list; none when absent)."""
+    return _ENTRIES.validate_json(raw) if raw else []
 
 
 def _top(e: TokenLogprob) -> dict[str, float] | None:

@@ -12,7 +12,15 @@ from pydantic import BaseModel
 
 from api.errors import OpenAIHTTPError
 from api.events import KEEPALIVE, data_event, merged_events
-from api.openai.logprobs import chat_logprobs, completion_logprobs, echoed_text
+from api.openai.logprobs import (
+    chat_entries,
+    chat_logprobs,
+    completion_entries,
+    completion_logprobs,
+    echoed_text,
+    parse_entries,
+    spelled,
+)
 from api.openai.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -27,8 +35,15 @@ from api.openai.schemas import (
 from api.openai.toolcalls import tool_calls_of
 from api.waiters import Hub
 from shared.constraints import ToolCalls
-from shared.jobstore import EVENT_DONE, EVENT_RESET, EVENT_TOKEN, JobStore
-from shared.schemas import ErrorCode, FinishReason, JobPublic, Status
+from shared.jobstore import (
+    EVENT_DONE,
+    EVENT_LOGPROBS,
+    EVENT_PROMPT_LOGPROBS,
+    EVENT_RESET,
+    EVENT_TOKEN,
+    JobStore,
+)
+from shared.schemas import ErrorCode, FinishReason, JobPublic, Status, TokenLogprob
 
 DONE = "data: [DONE]\n\n"  # OpenAI's end of stream
 
@@ -93,6 +108,7 @@ class Reply:
     include_usage: bool = False
     n: int = 1  # choices per prompt: choice i answers prompt i // n
     echo: bool = False  # a text choice starts with its prompt
+    logprobs: bool = False  # the choices carry log-probabilities (chunks: those of their tokens)
     tool_calls: ToolCalls | None = None  # read outputs as tool calls (api/openai/toolcalls.py)
 
     @property
@@ -127,9 +143,19 @@ class Reply:
         return Completion(**head, choices=texts)
 
     def chunk(
-        self, index: int, text: str | None = None, finish: str | None = None, calls: list | None = None
+        self,
+        index: int,
+        text: str | None = None,
+        finish: str | None = None,
+        calls: list | None = None,
+        entries: list[TokenLogprob] | None = None,
+        offset: int = 0,
     ) -> str:
-        """Return one chunk: the role (chat, text None), new text, tool calls, or a choice's finish_reason."""
+        """Return one chunk: the role (chat, text None), new text, tool calls, or a choice's finish_reason.
+
+        entries are the log-probabilities of the chunk's tokens (only when the request asked);
+        offset is the first one's text_offset in the choice's text (text completions).
+        """
         head = {"id": self.id, "created": self.created, "model": self.model}
         if self.chat:
             delta: dict = {"role": "assistant", "content": ""} if text is calls is finish is None else {}
@@ -137,12 +163,13 @@ class Reply:
                 delta["content"] = text
             if calls:  # whole calls in one delta: OpenAI clients join argument pieces, one piece included
                 delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
-            choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish)
+            lp = chat_entries(entries) if entries is not None else None
+            choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=lp)
             body: BaseModel = ChatCompletionChunk(**head, choices=[choice])
         else:
-            body = CompletionChunk(
-                **head, choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish)]
-            )
+            text_lp = completion_entries(entries, offset) if entries is not None else None
+            choice_t = CompletionChoice(index=index, text=text or "", finish_reason=finish, logprobs=text_lp)
+            body = CompletionChunk(**head, choices=[choice_t])
         return self._event(body)
 
     def usage_chunk(self, jobs: list[JobPublic]) -> str:
@@ -160,15 +187,19 @@ class Reply:
 
 
 class _Sent:
-    """The text already streamed for one choice, so that a rerun after a lost worker repeats nothing."""
+    """What was already streamed for one choice, so that a rerun after a lost worker repeats nothing."""
 
     def __init__(self) -> None:
         self.text = ""
         self.redo: str | None = None  # the rerun's text so far, until it passes what was sent
+        self.count = 0  # log-probability entries sent (with the text of their tokens)
+        self.redo_count: int | None = None  # the rerun's entries so far, until they pass count
+        self.echoed = False  # the prompt (echo) went out
+        self.at = 0  # text_offset of the next entry: the length of the tokens sent, echo included
 
     def reset(self) -> None:
         """The job runs again from the start."""
-        self.redo = ""
+        self.redo, self.redo_count = "", 0
 
     def feed(self, text: str) -> str:
         """Take a token event's text; return what is new to the client."""
@@ -182,12 +213,52 @@ class _Sent:
             return ""
         return self.final(self.redo)
 
+    def take(self, entries: list[TokenLogprob]) -> list[TokenLogprob]:
+        """Take a token event's log-probability entries; return those not sent yet."""
+        if self.redo_count is None:
+            self.count += len(entries)
+            return entries
+        new = entries[max(0, self.count - self.redo_count) :]  # a rerun's tokens are the same ones
+        self.redo_count += len(entries)
+        self.count += len(new)
+        if self.redo_count >= self.count:
+            self.redo_count = None
+        return new
+
     def final(self, text: str) -> str:
         """Take the job's final text; return what of it was not streamed yet."""
         if not text.startswith(self.text):
             raise Diverged
         delta, self.text, self.redo = text[len(self.text) :], text, None
         return delta
+
+    def rest(self, job: JobPublic) -> list[TokenLogprob]:
+        """Return the job's entries not streamed yet (those of its last tokens, or of a whole answer)."""
+        entries = (job.output.logprobs if job.output else None) or []
+        new, self.count = entries[self.count :], max(self.count, len(entries))
+        return new
+
+    def offset(self, entries: list[TokenLogprob]) -> int:
+        """Return the first entry's text_offset, counting these as sent."""
+        at = self.at
+        self.at += len(spelled(entries))
+        return at
+
+
+def _echo(reply: Reply, i: int, sent: _Sent, entries: list[TokenLogprob]) -> Iterator[str]:
+    """Yield a text choice's first chunk with echo: its prompt, and the prompt's logprobs when asked."""
+    if reply.echo and not sent.echoed:
+        sent.echoed = True
+        asked = entries if reply.logprobs else None
+        yield reply.chunk(i, spelled(entries), entries=asked, offset=sent.offset(entries))
+
+
+def _text(reply: Reply, i: int, sent: _Sent, text: str, entries: list[TokenLogprob]) -> Iterator[str]:
+    """Yield a chunk of new text with its tokens' entries (when asked), if there is either."""
+    if reply.logprobs and (text or entries):
+        yield reply.chunk(i, text, entries=entries, offset=sent.offset(entries))
+    elif text:
+        yield reply.chunk(i, text)
 
 
 def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: Any = None) -> Iterator[str]:
@@ -208,9 +279,11 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
             i, event = item
             kind = event.get("type")
             if kind == EVENT_TOKEN and reply.tool_calls is None:
-                delta = sent[i].feed(event.get("data", ""))
-                if delta:
-                    yield reply.chunk(i, delta)
+                if EVENT_PROMPT_LOGPROBS in event:
+                    yield from _echo(reply, i, sent[i], parse_entries(event[EVENT_PROMPT_LOGPROBS]))
+                text = sent[i].feed(event.get("data", ""))
+                entries = sent[i].take(parse_entries(event.get(EVENT_LOGPROBS)))
+                yield from _text(reply, i, sent[i], text, entries)
             elif kind == EVENT_RESET:
                 sent[i].reset()
             elif kind == EVENT_DONE:
@@ -223,13 +296,14 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
                 assert job is not None  # failure() answers a missing record
                 ended[i] = job
                 # Tool-call answers are only known to be calls once whole: sent at the end, as calls or text.
+                prompt = job.output.prompt_logprobs if job.output else None
+                yield from _echo(reply, i, sent[i], prompt or [])  # a scoring job ends at its prefill
                 calls = tool_calls_of(job, reply.tool_calls)
                 if calls:
-                    yield reply.chunk(i, calls=calls)
+                    yield reply.chunk(i, calls=calls, entries=sent[i].rest(job) if reply.logprobs else None)
                 else:
                     delta = sent[i].final(job.output.text if job.output else "")
-                    if delta:
-                        yield reply.chunk(i, delta)
+                    yield from _text(reply, i, sent[i], delta, sent[i].rest(job))
                 yield reply.chunk(i, finish=_finish(job, calls))
         if reply.include_usage:
             yield reply.usage_chunk([ended[i] for i in sorted(ended)])  # in choice order: usage groups by n

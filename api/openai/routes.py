@@ -104,6 +104,7 @@ def _run(ctx: Context, req: Any, chat: bool, jobs: list[JobCreate]) -> Response:
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
         n=req.n or 1,
         echo=bool(getattr(req, "echo", False)),
+        logprobs=bool(req.logprobs) if chat else req.logprobs is not None,
         tool_calls=jobs[0].tool_calls,
     )
     headers = {"X-Genq-Job-Ids": ",".join(j.id for j in queued)}  # to follow or cancel them via /v1/jobs

@@ -1,7 +1,7 @@
 """OpenAI's wire shapes for /v1/chat/completions and /v1/completions, as genq accepts and answers them.
 
 Requests allow unknown fields (OpenAI clients send many); those genq cannot honour without changing
-the answer (logprobs, tools, penalties, ...) are refused by `unsupported()` rather than ignored.
+the answer (penalties, logit_bias, suffix, ...) are refused by `unsupported()` rather than ignored.
 """
 
 from __future__ import annotations
@@ -134,8 +134,6 @@ class ChatCompletionRequest(_CreateRequest):
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
         if self.top_logprobs is not None and not self.logprobs:
             return "top_logprobs", "'top_logprobs' needs 'logprobs': true"
-        if self.logprobs and self.stream:
-            return "logprobs", "log probabilities are not supported on streamed answers yet"
         if self.functions:
             return "functions", "'functions' is not supported; send 'tools'"
         return super().unsupported()
@@ -156,8 +154,6 @@ class CompletionRequest(_CreateRequest):
 
     def unsupported(self) -> tuple[str, str] | None:
         """Return (param, reason) for the first parameter genq cannot honour, or None."""
-        if (self.logprobs is not None or self.echo) and self.stream:
-            return "logprobs", "log probabilities and echo are not supported on streamed answers yet"
         if self.suffix is not None:
             return "suffix", "'suffix' (insertion) is not supported"
         if self.best_of is not None and self.best_of != (self.n or 1):
@@ -245,7 +241,7 @@ class ChatChunkChoice(BaseModel):
 
     index: int
     delta: dict[str, Any]  # {"role": "assistant", "content": ""} first, then {"content": ...}, {} last
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None  # with logprobs: those of the tokens whose text delta carries
     finish_reason: FinishReason | None = None
 
 
