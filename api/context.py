@@ -13,6 +13,7 @@ from flask import Flask, current_app, g
 from flask.sansio.app import App
 
 from api.waiters import Hub
+from api.waitreaders import CONNECTIONS
 from shared.batchstore import BatchStore
 from shared.celery_app import make_celery
 from shared.jobstore import JobStore
@@ -53,7 +54,11 @@ class Context:
             settings.redis_url, settings.redis_sentinel_master, max_connections=settings.api_redis_connections
         )
         store = JobStore(client, settings.result_ttl)
-        hub = Hub(WaitStore(client), settings.max_waiters_per_process, settings.max_waiters_per_tenant)
+        # The waiter readers' own connections (one each, and the waker's): a reader blocked in XREAD
+        # never holds one that a request handler waits for.
+        readers = connect(settings.redis_url, settings.redis_sentinel_master, max_connections=CONNECTIONS)
+        waits = WaitStore(client, readers)
+        hub = Hub(waits, settings.max_waiters_per_process, settings.max_waiters_per_tenant)
         store.ended_waiter = hub.wait_ended  # long polls (jobs, batches, OpenAI) wait through the hub
         return cls(settings, store, make_celery(settings), hub)
 

@@ -2,9 +2,10 @@
 
 A waiter subscribes to the streams it waits on (a job's `ended` entry, or its events). Each of a
 few reader threads (greenlets under gevent) blocks in ONE XREAD over every stream its waiters
-watch and hands each entry to them; a waiter arriving re-arms that XREAD through the reader's own
-wake stream. One watchdog per process notices clients that hang up. So a waiting client costs a
-queue and a socket, never a Redis connection nor a timer of its own.
+watch and hands each entry to them, with the records of the jobs that the entries end; a waker
+re-arms those XREADs for arriving waiters, in batches. One watchdog per process notices clients
+that hang up. So a waiting client costs a queue and a socket, never a Redis connection nor a
+timer of its own.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
-import socket
 import threading
 import time
 import uuid
@@ -25,8 +24,9 @@ import redis
 from flask import g, has_request_context, request
 
 from api.errors import ApiError
-from api.waitreaders import READERS, Reader, Subscription
+from api.waitreaders import READERS, REARM_S, Reader, Subscription
 from api.waitslots import SYNC_S, Guarded, Slot, TenantCounts
+from api.waitwatch import Watchdog
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT
 from shared.schemas import ErrorCode
@@ -34,39 +34,7 @@ from shared.waitstore import WaitStore
 
 CHECK_S = 1.0  # seconds between the watchdog's checks that waiting clients are still connected
 
-try:  # the real poll(2): a non-blocking check of thousands of sockets in one call, even under gevent
-    from gevent.monkey import get_original
-
-    _poll = get_original("select", "poll")
-except ImportError:  # pragma: no cover - gevent is a dependency; threads need no original
-    _poll = select.poll
-
-_CLOSED = select.POLLHUP | select.POLLERR | select.POLLNVAL
 log = logging.getLogger(__name__)
-
-
-def hung_up(clients: list[tuple[Subscription, Any]]) -> list[Subscription]:
-    """Return the subscriptions whose client socket was closed by its peer: one poll(2) for all."""
-    poller, by_fd, gone = _poll(), {}, []
-    for sub, sock in clients:
-        fd = sock.fileno()
-        if fd < 0:  # the server already closed it
-            gone.append(sub)
-        elif fd not in by_fd:
-            by_fd[fd] = (sock, [sub])
-            poller.register(fd, select.POLLIN | select.POLLPRI)
-        else:
-            by_fd[fd][1].append(sub)
-    for fd, events in poller.poll(0):
-        sock, subs = by_fd[fd]
-        try:  # readable: EOF (gone) or the client's next request (still there)
-            if events & _CLOSED or not sock.recv(1, socket.MSG_PEEK):
-                gone += subs
-        except ValueError:  # a TLS socket can't peek; its next write will tell
-            pass
-        except OSError:
-            gone += subs
-    return gone
 
 
 def request_socket() -> Any:
@@ -82,9 +50,10 @@ class Hub:
         self.max_per_process = max_per_process
         self.tenants = TenantCounts(waits, max_per_tenant, self.name)
         self.open: dict[str, Slot] = {}
-        self._clients: dict[Subscription, Any] = {}  # waiter -> its client's socket
+        self._watchdog = Watchdog()  # the waiting clients' sockets
         self._lock = threading.Lock()
-        self._readers = [Reader(waits, f"{self.name}:{i}") for i in range(READERS)]
+        self._arrivals = threading.Event()  # a waiter arrived under an armed XREAD (see _wake)
+        self._readers = [Reader(waits, f"{self.name}:{i}", self._arrivals) for i in range(READERS)]
         self._pid = 0  # the process whose threads run (gunicorn forks after a preload)
 
     def _start(self) -> None:
@@ -96,6 +65,7 @@ class Hub:
                     threading.Thread(target=reader.run, name="genq-waiters", daemon=True).start()
                 threading.Thread(target=self._sync, name="genq-waiter-counts", daemon=True).start()
                 threading.Thread(target=self._watch, name="genq-waiter-watchdog", daemon=True).start()
+                threading.Thread(target=self._wake, name="genq-waiter-waker", daemon=True).start()
                 self._pid = os.getpid()
 
     def _sync(self) -> None:
@@ -106,13 +76,24 @@ class Hub:
             except redis.RedisError as exc:  # the counts stay as they were until Redis is back
                 log.warning("waiter counts: %s", exc)
 
+    def _wake(self) -> None:
+        # Arrivals re-arm their readers in batches: one wake per reader per REARM_S at most (longer
+        # for a reader watching thousands of streams), sent here, never from a request.
+        while True:
+            self._arrivals.wait()
+            time.sleep(max(REARM_S, *(reader.gap_s() for reader in self._readers)))
+            self._arrivals.clear()
+            for reader in self._readers:
+                try:
+                    reader.wake_for_arrivals()
+                except redis.RedisError as exc:  # the reader's own BLOCK timeout re-arms it anyway
+                    log.warning("waiter waker: %s", exc)
+
     def _watch(self) -> None:
         while True:
             time.sleep(CHECK_S)
-            with self._lock:
-                clients = list(self._clients.items())
             try:
-                for sub in hung_up(clients):
+                for sub in self._watchdog.gone():
                     sub.hang_up()
             except Exception:  # never let one odd socket stop the watchdog
                 log.exception("waiter watchdog")
@@ -166,6 +147,10 @@ class Hub:
         return Guarded(body, slot)
 
     # --- waiting ------------------------------------------------------------
+    def subscriptions(self) -> int:
+        """Return how many (waiter, stream) subscriptions the readers serve now."""
+        return sum(reader.subscriptions() for reader in self._readers)
+
     @contextlib.contextmanager
     def subscribe(self, after: Mapping[str, str], sock: Any = None) -> Iterator[Subscription]:
         """Receive the entries of these streams after these ids while the block runs.
@@ -176,8 +161,7 @@ class Hub:
         sub = Subscription(after)
         chosen = [(self._readers[zlib.crc32(k.encode()) % len(self._readers)], k) for k in after]
         if sock is not None:
-            with self._lock:
-                self._clients[sub] = sock
+            self._watchdog.add(sub, sock)
         try:
             for reader, key in chosen:
                 reader.add(key, sub)
@@ -185,14 +169,21 @@ class Hub:
         finally:
             for reader, key in chosen:
                 reader.remove(key, sub)
-            with self._lock:
-                self._clients.pop(sub, None)
+            if sock is not None:
+                self._watchdog.remove(sub)
 
-    def wait_ended(self, job_id: str, timeout_s: float) -> None:
-        """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up."""
+    def wait_ended(self, job_id: str, timeout_s: float) -> dict[str, str] | None:
+        """Block until the job's `ended` entry exists, timeout_s passes, or the client hangs up.
+
+        Return the job's record as its reader read it when it ended (None if it did not, or unread).
+        """
         deadline = time.monotonic() + timeout_s
         counted = self.held() if has_request_context() else contextlib.nullcontext()
-        with counted, self.subscribe({keys.ended(job_id): "0-0"}, request_socket()) as sub:
+        key = keys.ended(job_id)
+        with counted, self.subscribe({key: "0-0"}, request_socket()) as sub:
             while (left := deadline - time.monotonic()) > 0:
-                if sub.get(left) or sub.gone:
-                    return
+                if sub.get(left):
+                    return sub.records.get(key)
+                if sub.gone:
+                    return None
+        return None

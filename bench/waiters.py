@@ -2,9 +2,11 @@
 
 `python -m bench.waiters` starts its own Redis and, for each concurrency model in turn, the real API
 (gunicorn, 2 processes); it opens --streams SSE streams and --polls long polls on queued jobs, and
-while they are held a separate prober process times /healthz and job submissions. It prints p50/p99
-of both, API memory per open waiter, Redis connections, and how long every waiter took to get its
-job's end once the jobs ended. No worker runs: the jobs are ended through the job store.
+a separate prober process times /healthz and job submissions, while they connect and once all are
+held (reported apart). It prints p50/p99 of both, the load average, API memory per open waiter,
+Redis connections, and how long every waiter took to get its job's end once the jobs ended. No
+worker runs: the jobs are ended through the job store. It raises its open-files limit (children
+inherit it) and refuses to start below what the load needs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import sys
 import tempfile
 import threading
@@ -40,6 +44,7 @@ HEALTH_EVERY_S = 0.1  # seconds between /healthz probes
 SUBMIT_EVERY_S = 0.1  # seconds between job submissions (submissions continue through the hold)
 END_TIMEOUT_S = 120  # longest wait for every waiter to get its job's end
 MIB = 2**20
+OWN_FILES = 1000  # open files besides the waiters' sockets (Redis, logs, the prober's)
 TARGETS_MS = {"healthz_p99": 100, "submit_p99": 200}
 
 
@@ -55,6 +60,10 @@ def start_waiting_api(children: Supervisor, redis_url: str, cache_dir: Path, mod
         api_worker_connections=waiters + 2000,
         max_waiters_per_process=waiters + 1000,  # gunicorn need not split connections evenly
         max_waiters_per_tenant=0,
+        # Its jobs are stored without a broker message (no worker runs), so the reconciler of an
+        # API process would re-send all 10,000 one lease after their creation, mid-measurement:
+        # a lease of 10 minutes keeps that catch-up out of the figures.
+        lease_seconds=600,
         max_queued=0,
         max_queued_per_tenant=0,
         rate_limit="100000000/minute",
@@ -114,6 +123,14 @@ def _timed(req: urllib.request.Request | str, expected: int, errors: list) -> fl
     return time.monotonic() - t0
 
 
+async def _start_prober(base: str, seconds: float) -> asyncio.subprocess.Process:
+    """Start the prober in a process of its own, so that this client loop does not skew its timings."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.waiters", "--probe", base, "--hold-s", str(seconds),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 # --- the waiters ---------------------------------------------------------------------------------
 async def _poll(base: str, job_id: str, gate: asyncio.Semaphore, ended: list[float]) -> None:
     while True:  # a long poll that runs out (GENQ_MAX_WAIT) is sent again, as a client would
@@ -134,8 +151,14 @@ async def _stream(base: str, job_id: str, gate: asyncio.Semaphore, ended: list[f
         await waitclient.send(writer, "GET", f"/v1/jobs/{job_id}/stream")
     reply = await waitclient.receive(reader, writer)
     if "event: done" not in reply.body:
-        raise BenchError(f"a stream ended without its done event: {reply.status} {reply.body[-200:]!r}")
+        events = re.findall(r"^event: (\w+)", reply.body, re.M)
+        code = re.findall(r'"code":"(\w+)"', reply.body)
+        raise BenchError(f"{reply.status} {events[-1] if events else '-'} {code[-1] if code else '-'}")
     ended.append(time.monotonic())
+
+
+def _reason(exc: BaseException | None) -> str:
+    return f"stream: {exc}" if isinstance(exc, BenchError) else type(exc).__name__
 
 
 def _interleave(polls: list[str], streams: list[str]) -> list[tuple[str, Any]]:
@@ -167,6 +190,8 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
     total = len(polls) + len(streams)
     rss_before = api_rss(api_pid)
     gate, ended = asyncio.Semaphore(CONNECT_AT_ONCE), []
+    # Probes while the clients connect too (reported apart: they queue behind the connection storm).
+    opening = await _start_prober(base, total / args.open_rate)
     t0 = time.monotonic()
     tasks = []
     # Clients arrive at --open-rate a second, streams and polls interleaved, as users would.
@@ -181,19 +206,19 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
         if now_held > held:
             held, grew_at = now_held, time.monotonic()
     open_s = time.monotonic() - t0
-    prober = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.waiters", "--probe", base, "--hold-s", str(args.hold_s),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await prober.communicate()
-    probes = json.loads(out)
+    during_open = json.loads((await opening.communicate())[0])
+    load_before = os.getloadavg()[0]
+    probes = json.loads((await (await _start_prober(base, args.hold_s)).communicate())[0])
+    load_after = os.getloadavg()[0]
     rss_after, clients = api_rss(api_pid), len(store.r.client_list())
+    t_first = time.monotonic()
     await asyncio.get_running_loop().run_in_executor(None, _finish, store, polls + streams)
     t_end = time.monotonic()
     done, _ = await asyncio.wait(tasks, timeout=END_TIMEOUT_S)
     for task in tasks:
         task.cancel()
-    failures = Counter(type(t.exception()).__name__ for t in done if t.exception() is not None)
+    # A stream without its done event: BenchError(status, its last event, its error code if any).
+    failures = Counter(_reason(t.exception()) for t in done if t.exception() is not None)
     return {
         "waiters_wanted": total,
         "waiters_held": held,
@@ -204,11 +229,18 @@ async def load(base: str, store: JobStore, args: argparse.Namespace, api_pid: in
         "submit_p99_ms": _pct(probes["submit"], 0.99),
         "probes": len(probes["healthz"]) + len(probes["submit"]),
         "probe_errors": len(probes["errors"]),
+        "load_avg_1m": f"{load_before:.1f}-{load_after:.1f}",
+        "opening_healthz_p50_ms": _pct(during_open["healthz"], 0.5),
+        "opening_healthz_p99_ms": _pct(during_open["healthz"], 0.99),
+        "opening_submit_p99_ms": _pct(during_open["submit"], 0.99),
+        "opening_probe_errors": len(during_open["errors"]),
         "kib_per_waiter": round((rss_after - rss_before) / max(held, 1) / 1024, 1),
         "api_rss_mib": round(rss_after / MIB, 1),
         "redis_connections": clients,
         "ends_delivered": len(ended),
-        "all_ends_s": round(max(ended) - t_end, 1) if len(ended) == total else None,
+        "ending_s": round(t_end - t_first, 1),  # the bench ends the jobs one by one, this long
+        "all_ends_s": round(max(ended) - t_first, 1) if len(ended) == total else None,  # from the first
+        "last_end_after_ending_s": round(max(ended) - t_end, 1) if len(ended) == total else None,
         "unfinished": total - len(done),
         "client_errors": dict(failures) or None,
     }
@@ -257,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(probe(args.probe, args.hold_s)))
         return 0
-    waitclient.raise_open_files()
+    wanted = args.streams + args.polls + OWN_FILES
+    if waitclient.raise_open_files() < wanted:  # children (the API, the prober) inherit the limit
+        print(f"bench: needs {wanted} open files (ulimit -n); raise the hard limit", file=sys.stderr)
+        return 1
     try:
         results = run(args)
     except BenchError as exc:

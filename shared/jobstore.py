@@ -92,8 +92,9 @@ class JobStore:
         self._expire = client.register_script(transitions.EXPIRE)
         self._delete = client.register_script(transitions.DELETE_QUEUED)
         self._unlock = client.register_script(transitions.UNLOCK)
-        # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection.
-        self.ended_waiter: Callable[[str, float], None] | None = None
+        # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection;
+        # it returns the job's hash as its reader read it at the end (None: read it here).
+        self.ended_waiter: Callable[[str, float], dict[str, str] | None] | None = None
 
     # --- jobs ---------------------------------------------------------------
     def create(
@@ -183,9 +184,14 @@ class JobStore:
             pipe.hgetall(keys.job(job_id))
         return [JobRecord.from_hash(j, h) for j, h in zip(job_ids, pipe.execute(), strict=True)]
 
-    def get(self, job_id: str, tenant: str | None = None) -> JobPublic | None:
-        """Return a job as clients see it; None when unknown, expired, or another tenant's."""
-        rec = self.record(job_id)
+    def get(
+        self, job_id: str, tenant: str | None = None, raw: dict[str, str] | None = None
+    ) -> JobPublic | None:
+        """Return a job as clients see it; None when unknown, expired, or another tenant's.
+
+        raw: the job's hash when it was already read (the API's waiter readers read ended jobs').
+        """
+        rec = JobRecord.from_hash(job_id, raw) if raw else self.record(job_id)
         if rec is None or (tenant is not None and rec.tenant != tenant):
             return None
         overdue = rec.status is Status.QUEUED and time.time() > (rec.deadline or float("inf"))
@@ -368,8 +374,7 @@ class JobStore:
         if job is None or job.status.is_terminal or timeout_s <= 0:
             return job
         if self.ended_waiter is not None:
-            self.ended_waiter(job_id, timeout_s)
-            return self.get(job_id, tenant)
+            return self.get(job_id, tenant, self.ended_waiter(job_id, timeout_s))
         deadline = time.monotonic() + timeout_s
         while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # From the start of the stream: an end written before this call is seen at once.

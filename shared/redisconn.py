@@ -16,7 +16,12 @@ from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "sentinel://"
 HEALTH_CHECK_S = 30  # seconds between checks of an idle pooled connection
-POOL_WAIT_S = 60  # longest wait for a free pooled connection (a burst of ends queues here), in s
+# Longest wait for a free pooled connection, in seconds. A burst of job ends no longer queues here
+# (the API's waiter readers read a burst's records in one call, on connections of their own), but
+# in a CPU-starved gevent process a greenlet holds its connection until the hub gets back to it,
+# so under overload waits still reach seconds: at 10 s, 2-4% of 5,000 streams failed with
+# service_unavailable on this project's busy machine (load 4-5, bench.waiters), none at 60 s.
+POOL_WAIT_S = 60
 SENTINEL_TIMEOUT_S = 1.0  # how long one Sentinel may take to answer, in seconds
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from api.context import Context
+from api.events import job_events
 from shared import keys
 from shared.jobstore import DEFAULT_TENANT, JobStore, new_job_id
 from shared.schemas import JobCreate, Status
@@ -19,6 +22,8 @@ from tests import waitclient
 from tests.support import RedisServer, start_api, wait_until
 
 CONNECT_AT_ONCE = 200  # connections opened concurrently while the waiters are set up
+POOL = 8  # the request handlers' Redis connections in the burst test (the least the settings allow)
+BURST = 600  # waiters (half long polls, half streams) whose jobs end together in the burst test
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +125,9 @@ def test_two_thousand_waiters_leave_the_api_answering(
         proc.stop()
     assert [status for status, _ in timings] == [200, 200, 202, 200]
     assert max(seconds for _, seconds in timings) < 1.0, timings
-    # Bounded by configuration, not by waiters: 2 processes x (16 job store + 4 rate limiter + 4 key
-    # store + Celery's producers), plus this test's own.
-    assert len(clients) < 80, f"{len(clients)} Redis connections for 2,000 waiters: {Counter(clients)}"
+    # Bounded by configuration, not by waiters: 2 processes x (16 job store + 5 waiter readers + 4
+    # rate limiter + 4 key store + Celery's producers), plus this test's own; 60 measured.
+    assert len(clients) < 70, f"{len(clients)} Redis connections for 2,000 waiters: {Counter(clients)}"
     for reply in replies[:1000]:  # long polls: the job as it ended
         assert reply.status == 200 and reply.json()["status"] == "succeeded", reply
     for reply in replies[1000:]:  # streams: their text, then the done event
@@ -201,3 +206,44 @@ def test_a_process_past_its_waiter_cap_answers_503(settings: Settings, store: Jo
     _finish(store, [job_id])
     assert b"event: done" in b"".join(again.response)
     again.close()
+
+
+def test_a_burst_of_ends_reaches_every_waiter_while_the_request_pool_is_exhausted(
+    settings: Settings, store: JobStore
+) -> None:
+    # The readers read the ended jobs' records on their own connections and hand them over, so
+    # hundreds of waiters woken at once make no call through the pool the request handlers share.
+    ctx = Context.build(settings.model_copy(update={"api_redis_connections": POOL}))
+    polls, streams = _queued_jobs(store, BURST // 2), _queued_jobs(store, BURST // 2)
+    answers: dict[str, object] = {}
+
+    def poll(job_id: str) -> None:
+        answers[job_id] = ctx.store.wait(job_id, 60)
+
+    def stream(job_id: str) -> None:
+        answers[job_id] = "".join(job_events(ctx.store, ctx.waiters, job_id))
+
+    threads = [threading.Thread(target=poll, args=(j,), daemon=True) for j in polls]
+    threads += [threading.Thread(target=stream, args=(j,), daemon=True) for j in streams]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: ctx.waiters.subscriptions() == BURST, 60, f"{BURST} subscribed waiters")
+    time.sleep(1)  # the last arrivals' wake-ups (through the pool) are sent
+    pool = ctx.store.r.connection_pool
+    taken = [pool.get_connection() for _ in range(POOL)]  # every request handler would wait now
+    try:
+        _finish(store, polls + streams)
+        ended = time.monotonic()
+        deadline = ended + 30
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        still = sum(thread.is_alive() for thread in threads)
+        assert still == 0, f"{still} of {BURST} waiters still wait (on the request pool?)"
+    finally:
+        for connection in taken:
+            pool.release(connection)
+    for job_id in polls:
+        job = answers[job_id]
+        assert job is not None and job.status is Status.SUCCEEDED, job  # type: ignore[attr-defined]
+    for job_id in streams:
+        assert "done soon" in answers[job_id] and "event: done" in answers[job_id]  # type: ignore[operator]
