@@ -115,10 +115,11 @@ def _final(store: JobStore, job_id: str, raw: dict[str, str] | None = None) -> I
 
 def merged_events(
     store: JobStore, hub: Hub, job_ids: list[str], sock: Any = None
-) -> Iterator[tuple[int, dict] | None]:
-    """Yield (index in job_ids, event) from all the jobs' streams as they come; None when idle a while.
+) -> Iterator[tuple[int, dict, dict[str, str] | None] | None]:
+    """Yield (index in job_ids, event, record) from all the jobs' streams as they come; None when idle.
 
-    It stops early, with nothing more, when the client hangs up.
+    The record is the job's raw record when its reader read it with a `done` event (a burst's one
+    call), else None. It stops early, with nothing more, when the client hangs up.
     """
     streams = {keys.events(j): i for i, j in enumerate(job_ids)}
     open_keys = set(streams)
@@ -130,8 +131,9 @@ def merged_events(
                 return
             for key, _, fields in got:
                 if key in open_keys:
-                    yield streams[key], fields
-                    if fields.get("type") == EVENT_DONE:
+                    done = fields.get("type") == EVENT_DONE
+                    yield streams[key], fields, sub.records.get(key) if done else None
+                    if done:
                         open_keys.discard(key)
             if got:
                 idle_since = time.monotonic()
@@ -141,5 +143,5 @@ def merged_events(
                     job = store.get(job_ids[streams[key]])
                     if job is None or job.status.is_terminal:
                         open_keys.discard(key)
-                        yield streams[key], {"type": EVENT_DONE}
+                        yield streams[key], {"type": EVENT_DONE}, None
                 yield None

@@ -63,7 +63,7 @@ class Watchdog:
         with self._lock:
             fd = self._fd_of.pop(sub, None)
             entry = self._by_fd.get(fd) if fd is not None else None
-            if entry is None or sub not in entry[1]:  # its socket's number went to a newer one
+            if fd is None or entry is None or sub not in entry[1]:  # its number went to a newer socket
                 return
             entry[1].discard(sub)
             if not entry[1]:

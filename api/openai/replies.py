@@ -276,7 +276,7 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
             if item is None:
                 yield KEEPALIVE
                 continue
-            i, event = item
+            i, event, record = item
             kind = event.get("type")
             if kind == EVENT_TOKEN and reply.tool_calls is None:
                 if EVENT_PROMPT_LOGPROBS in event:
@@ -287,7 +287,7 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
             elif kind == EVENT_RESET:
                 sent[i].reset()
             elif kind == EVENT_DONE:
-                job = store.get(job_ids[i])
+                job = store.get(job_ids[i], raw=record)  # no round trip when its reader read it
                 error = failure(job, reply.prompt_param)
                 if error is not None:
                     yield error.chunk()
