@@ -79,8 +79,15 @@ def test_sampled_logprobs_match_forward_pass(engine: Engine, tiny) -> None:
             assert e["token"] == engine.tokenizer.decode([e["id"]])
 
 
-@pytest.mark.parametrize("max_new", [0, 1])
-def test_prompt_logprobs_match_forward_pass(engine: Engine, tiny, max_new: int) -> None:
+@pytest.mark.parametrize(("max_new", "chunk"), [(0, None), (1, None), (0, 7)])
+def test_prompt_logprobs_match_forward_pass(
+    engine: Engine, tiny, max_new: int, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Echo rows with different k share one vocabulary projection; chunk 7 cuts across their rows."""
+    if chunk is not None:
+        import worker.logprobs as logprobs
+
+        monkeypatch.setattr(logprobs.prompt_logprobs, "__defaults__", (chunk,))
     model, _ = tiny
     echo = [
         req(engine, p, max_new=max_new, prompt_logprobs=k, logprobs=k)

@@ -383,12 +383,17 @@ class Engine:
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         ).last_hidden_state
         head = self.model.get_output_embeddings()
-        echo = {}
-        for i, (r, _) in enumerate(new):
-            if r.prompt_logprobs is not None:
-                # The row's prompt sits at the right end of the padded batch.
-                own = hidden[i, hidden.shape[1] - len(r.input_ids) :]
-                echo[i] = prompt_logprobs(own, head, r.input_ids, r.prompt_logprobs)
+        asking = [i for i, (r, _) in enumerate(new) if r.prompt_logprobs is not None]
+        # Each row's prompt sits at the right end of the padded batch.
+        rows = [
+            (
+                hidden[i, hidden.shape[1] - len(new[i][0].input_ids) :],
+                new[i][0].input_ids,
+                new[i][0].prompt_logprobs or 0,
+            )
+            for i in asking
+        ]
+        echo = dict(zip(asking, prompt_logprobs(rows, head), strict=True)) if rows else {}
         return head(hidden[:, -1, :]), echo
 
     def _merge(

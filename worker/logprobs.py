@@ -51,18 +51,28 @@ def sampled_logprobs(
 
 
 def prompt_logprobs(
-    hidden: torch.Tensor, head: torch.nn.Module, ids: list[int], k: int, chunk: int = PROMPT_LOGPROB_CHUNK
-) -> list[TokenLogprob]:
-    """Return each prompt token's entry given those before it (the first has none).
+    rows: list[tuple[torch.Tensor, list[int], int]], head: torch.nn.Module, chunk: int = PROMPT_LOGPROB_CHUNK
+) -> list[list[TokenLogprob]]:
+    """Return, for each row (hidden states [len(ids), hidden], prompt ids, k), its prompt's entries.
 
-    hidden is the row's final hidden states [len(ids), hidden] (no padding); the vocabulary
-    projection runs at most chunk positions at a time, so a long prompt needs bounded memory.
+    Each prompt token's entry is its log-probability given the tokens before it (the first has
+    none). All rows' positions go through the vocabulary projection together, at most chunk at a
+    time: one large product instead of one small one a row (16 scoring rows of ~17 tokens: 0.82 s
+    row by row on this CPU), and a long prompt needs bounded memory.
     """
-    out = [TokenLogprob(ids[0], None)]
-    targets = torch.tensor(ids[1:], device=hidden.device)
-    for start in range(0, len(ids) - 1, chunk):
-        stop = min(start + chunk, len(ids) - 1)
-        out.extend(_entries(head(hidden[start:stop]), targets[start:stop], k))
+    hidden = torch.cat([h[: len(ids) - 1] for h, ids, _ in rows])  # position j predicts token j + 1
+    targets = torch.tensor([t for _, ids, _ in rows for t in ids[1:]], dtype=torch.long, device=hidden.device)
+    k = max(own for _, _, own in rows)  # one topk for all; each row is trimmed to its own k below
+    found: list[TokenLogprob] = []
+    for start in range(0, len(targets), chunk):
+        found.extend(_entries(head(hidden[start : start + chunk]), targets[start : start + chunk], k))
+    out, at = [], 0
+    for _, ids, own in rows:
+        mine = found[at : at + len(ids) - 1]
+        at += len(ids) - 1
+        out.append(
+            [TokenLogprob(ids[0], None), *(TokenLogprob(e.token_id, e.logprob, e.top[:own]) for e in mine)]
+        )
     return out
 
 
