@@ -69,12 +69,19 @@ class Hub:
                 self._pid = os.getpid()
 
     def _sync(self) -> None:
+        failing = False  # one line when an outage starts and one when it ends, not one per SYNC_S
         while True:
             time.sleep(SYNC_S)
             try:
                 self.tenants.sync()
             except redis.RedisError as exc:  # the counts stay as they were until Redis is back
-                log.warning("waiter counts: %s", exc)
+                if not failing:
+                    log.warning("waiter counts not shared until Redis answers: %s", exc)
+                failing = True
+                continue
+            if failing:
+                log.info("waiter counts shared again")
+            failing = False
 
     def _wake(self) -> None:
         # Arrivals re-arm their readers in batches: one wake per reader per REARM_S at most (longer
