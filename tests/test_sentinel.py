@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from genq.client import Client
+from genq.client import Client, GenqError
 from genq.supervisor import Child
 from shared.jobstore import JobStore
 from shared.redisconn import connect, limiter_uri, parse_sentinel
@@ -150,8 +150,17 @@ def test_a_failover_loses_no_accepted_job(
         assert master.wait(1, 5000) == 1  # the replica holds everything so far
         cluster.procs["master"].signal(signal.SIGKILL)
         wait_until(lambda: cluster.master_port_now() == cluster.replica_port, 60, "the failover", 0.2)
-        # Both follow by themselves: to the new master, found through the Sentinel.
-        after = client.wait(client.submit("After", max_new_tokens=4)["id"], 120)
+
+        # Both follow by themselves: to the new master, found through the Sentinel. Until the API's
+        # pool has reconnected to it, a submission gets 503 (nothing accepted): a client retries.
+        def submitted() -> str | None:
+            try:
+                return client.submit("After", max_new_tokens=4)["id"]
+            except GenqError as exc:
+                assert exc.status == 503, exc
+                return None
+
+        after = client.wait(str(wait_until(submitted, 30, "a submission after the failover", 0.5)), 120)
         assert after["status"] == "succeeded" and after["worker"] == before["worker"], after
         assert client.get(before["id"])["output"] == before["output"]  # replicated before the failover
         new_master = redis.Redis(port=cluster.replica_port, decode_responses=True)
