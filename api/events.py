@@ -123,7 +123,7 @@ def merged_events(
     """
     streams = {keys.events(j): i for i, j in enumerate(job_ids)}
     open_keys = set(streams)
-    idle_since = time.monotonic()
+    idle_since, keepalives = time.monotonic(), 0
     with hub.subscribe(dict.fromkeys(streams, "0-0"), sock) as sub:
         while open_keys:
             got = sub.get(max(0.0, idle_since + KEEPALIVE_S - time.monotonic()))
@@ -138,8 +138,9 @@ def merged_events(
             if got:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= KEEPALIVE_S:
-                idle_since = time.monotonic()
-                for key in sorted(open_keys):  # a stream that expired before its record ends like job_events
+                idle_since, keepalives = time.monotonic(), keepalives + 1
+                # A stream that expired before its record ends like job_events (checked as rarely).
+                for key in sorted(open_keys) if keepalives % RECHECK_EVERY == 0 else []:
                     job = store.get(job_ids[streams[key]])
                     if job is None or job.status.is_terminal:
                         open_keys.discard(key)
