@@ -156,10 +156,19 @@ class RssSampler:
 
 
 def start_worker(
-    children: Supervisor, store: JobStore, redis_url: str, cache_dir: Path, device: str, max_batch: int
+    children: Supervisor,
+    store: JobStore,
+    redis_url: str,
+    cache_dir: Path,
+    device: str,
+    max_batch: int,
+    **genq: object,
 ) -> tuple[Child, RssSampler, float]:
-    """Start a worker and wait until it registers; return it, its RSS sampler and its idle RSS in MiB."""
-    env = _env(redis_url, cache_dir, max_batch=max_batch)
+    """Start a worker and wait until it registers; return it, its RSS sampler and its idle RSS in MiB.
+
+    genq: more GENQ_* settings of the worker (lower-case names), over the defaults.
+    """
+    env = _env(redis_url, cache_dir, max_batch=max_batch, **genq)
     proc = children.start(f"worker-batch{max_batch}", [*GENQ, "worker", "--device", device], env)
     _until(
         lambda: any(w.get("pid") == proc.pid for w in store.workers()),

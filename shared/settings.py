@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     max_batch_items: Annotated[int, Field(ge=1)] = 1000  # jobs in one POST /v1/batches
     max_batch_body_bytes: Annotated[int, Field(ge=1024)] = 16_777_216  # largest batch upload, in bytes
     max_batch: Annotated[int, Field(ge=1, le=256)] = 16  # jobs one worker runs at once
+    # Jobs a worker claims beyond max_batch, so that its next step's jobs are ready when a row
+    # ends: more throughput for short jobs, but a held job waits for this worker even if another
+    # is idle (Celery's prefetch trade-off); see docs/shortjobs.md.
+    prefetch_jobs: Annotated[int, Field(ge=0, le=256)] = 0
     heartbeat_interval: Annotated[float, Field(gt=0)] = 2.0  # seconds between worker heartbeats
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this

@@ -268,7 +268,7 @@ for k = 1, #KEYS, 2 do
       if have > offset then event[4] = string.sub(text, have - offset + 1) end
       redis.call('XADD', KEYS[k + 1], '*', unpack(event))
       redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
-      redis.call('HSET', job, 'streamed', offset + #text)
+      redis.call('HSET', job, 'streamed', math.max(have, offset + #text))  -- never backwards
     end
   else
     table.insert(lost, ARGV[a])

@@ -20,12 +20,16 @@ from shared.settings import Settings
 from tests.support import wait_until
 
 SKEW_S = 300.0  # a worker host's clock off by five minutes
+LONG_TOKENS = 60_000  # a job that outlasts several leases however fast this host runs the tiny model
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Short leases, so that a paused worker loses its jobs within seconds."""
-    return settings.model_copy(update={"lease_seconds": 3.0, "heartbeat_interval": 0.5, "worker_ttl": 2.0})
+    """Short leases, so that a paused worker loses its jobs within seconds; very long tiny jobs."""
+    # The tiny model makes ~700 tokens/s on a quiet host: 7,000 tokens ended within three leases.
+    tiny = settings.models[0].model_copy(update={"context_length": 65_536, "max_new_tokens_cap": 65_000})
+    update = {"lease_seconds": 3.0, "heartbeat_interval": 0.5, "worker_ttl": 2.0}
+    return settings.model_copy(update={**update, "models": [tiny, *settings.models[1:]]})
 
 
 def stream_text(store: JobStore, job_id: str) -> str:
@@ -178,7 +182,9 @@ def test_a_worker_with_a_skewed_clock_keeps_its_leases_exactly_as_long_as_redis_
     skew_s: float, start_worker, client: Client, store: JobStore, settings: Settings
 ) -> None:
     skewed = start_worker(test_clock_skew_s=skew_s)
-    job_id = client.submit("once upon a time", max_new_tokens=7000, ignore_eos=True, temperature=0)["id"]
+    job_id = client.submit("once upon a time", max_new_tokens=LONG_TOKENS, ignore_eos=True, temperature=0)[
+        "id"
+    ]
     wait_until(lambda: _running_on(store, skewed.pid), 30, "the job to run on the skewed worker")
     start_worker()  # a sweeping reconciler on a true clock
     # Not lost early: three leases on, it still runs at its first attempt, never reset.

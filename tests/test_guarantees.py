@@ -14,6 +14,7 @@ from shared.jobstore import ABANDONED_KEY_S, JobStore, new_job_id
 from shared.reconciler import Reconciler
 from shared.schemas import JobCreate, Status
 from shared.settings import Settings
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -131,6 +132,22 @@ def test_interactive_jobs_run_before_queued_batch_jobs(start_worker, client: Cli
     done = {j: client.wait(j, 60) for j in batch + interactive}
     assert all(d["status"] == "succeeded" for d in done.values())
     assert max(done[j]["started_at"] for j in interactive) < min(done[j]["started_at"] for j in batch)
+
+
+def test_prefetch_claims_the_next_job_while_the_batch_is_full(start_worker, client: Client) -> None:
+    start_worker(max_batch=1, prefetch_jobs=1)  # one row, and one more job held ready for it
+    long = client.submit("The quick brown fox", max_new_tokens=7000, ignore_eos=True, temperature=0)["id"]
+    wait_until(lambda: client.get(long)["status"] == "running", 30, "the long job to start")
+    short = client.submit("next", max_new_tokens=2)["id"]
+    # Claimed (leased, running) while the only row is still taken: it waits in the engine, not in
+    # the queue. Without the extra thread it would stay queued until the long job ended.
+    wait_until(lambda: client.get(short)["status"] == "running", 30, "the held job to be claimed")
+    assert client.get(long)["status"] == "running"
+    client.cancel(long)
+    done_short, done_long = client.wait(short, 30), client.wait(long, 30)
+    assert done_short["status"] == "succeeded" and done_long["status"] == "cancelled"
+    assert done_short["started_at"] < done_long["finished_at"]
+    assert done_short["output"]["text"] is not None
 
 
 # --- leases and lost messages -------------------------------------------------

@@ -49,14 +49,15 @@ def run_worker(settings: Settings, model: str | None, device: str, loglevel: str
     # On shutdown, leave the registry at once, but keep the engine until the jobs in hand finish.
     signals.worker_shutting_down.connect(lambda **_: runtime.leave(), weak=False)
     # The thread pool never forks, so a CUDA context made by the loader stays valid; each
-    # thread holds one job and waits on the shared engine, which batches them all.
+    # thread holds one job and waits on the shared engine, which batches them all. Threads
+    # beyond max_batch (prefetch_jobs) hold claimed jobs that join the batch as rows end.
     argv = [
         *(["--quiet"] if settings.log_format == "json" else []),  # no banner: stdout is JSON only
         "worker",
         "--pool",
         "threads",
         "--concurrency",
-        str(settings.max_batch),
+        str(settings.max_batch + settings.prefetch_jobs),
         "--queues",
         spec.queue,
         "--hostname",
