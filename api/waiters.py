@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -35,6 +36,13 @@ from shared.waitstore import WaitStore
 CHECK_S = 1.0  # seconds between the watchdog's checks that waiting clients are still connected
 
 log = logging.getLogger(__name__)
+_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()  # every hub of this process, for close_all
+
+
+def close_all() -> None:
+    """Close every hub of this process (tests whose in-process apps outlive their Redis)."""
+    for hub in list(_HUBS):
+        hub.close()
 
 
 def request_socket() -> Any:
@@ -55,6 +63,16 @@ class Hub:
         self._arrivals = threading.Event()  # a waiter arrived under an armed XREAD (see _wake)
         self._readers = [Reader(waits, f"{self.name}:{i}", self._arrivals) for i in range(READERS)]
         self._pid = 0  # the process whose threads run (gunicorn forks after a preload)
+        self._closed = threading.Event()
+        _HUBS.add(self)
+
+    def close(self) -> None:
+        """Stop this hub's threads (each within its own wait); for apps that end before their process."""
+        self._closed.set()
+        self._arrivals.set()
+        for reader in self._readers:
+            reader.closed.set()
+            reader.has_keys.set()
 
     def _start(self) -> None:
         if self._pid == os.getpid():
@@ -70,11 +88,12 @@ class Hub:
 
     def _sync(self) -> None:
         failing = False  # one line when an outage starts and one when it ends, not one per SYNC_S
-        while True:
-            time.sleep(SYNC_S)
+        while not self._closed.wait(SYNC_S):
             try:
                 self.tenants.sync()
             except redis.RedisError as exc:  # the counts stay as they were until Redis is back
+                if self._closed.is_set():
+                    return
                 if not failing:
                     log.warning("waiter counts not shared until Redis answers: %s", exc)
                 failing = True
@@ -86,9 +105,11 @@ class Hub:
     def _wake(self) -> None:
         # Arrivals re-arm their readers in batches: one wake per reader per REARM_S at most (longer
         # for a reader watching thousands of streams), sent here, never from a request.
-        while True:
+        while not self._closed.is_set():
             self._arrivals.wait()
             time.sleep(max(REARM_S, *(reader.gap_s() for reader in self._readers)))
+            if self._closed.is_set():
+                return
             self._arrivals.clear()
             for reader in self._readers:
                 try:
@@ -97,8 +118,7 @@ class Hub:
                     log.warning("waiter waker: %s", exc)
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(CHECK_S)
+        while not self._closed.wait(CHECK_S):
             try:
                 for sub in self._watchdog.gone():
                     sub.hang_up()

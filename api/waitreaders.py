@@ -104,6 +104,7 @@ class Reader:
         self.wake_sent = False  # a wake was written since that XREAD was armed
         self.has_keys = threading.Event()
         self.arrivals = arrivals  # the waker's: set when a waiter arrives under an armed XREAD
+        self.closed = threading.Event()  # its hub closed: stop after the XREAD in flight
 
     def gap_s(self) -> float:
         """Return the shortest time between two armings of this reader's XREAD, in seconds."""
@@ -149,8 +150,8 @@ class Reader:
         return streams
 
     def run(self) -> None:
-        """Read forever: arm, block, hand the entries out."""
-        while True:
+        """Read until closed: arm, block, hand the entries out."""
+        while not self.closed.is_set():
             streams = self._arm()
             if not streams:
                 self.has_keys.wait(BLOCK_MS / 1000)
@@ -159,6 +160,8 @@ class Reader:
             try:
                 reply = self.waits.read(streams, COUNT, BLOCK_MS)
             except redis.RedisError as exc:  # waiters notice through their own checks
+                if self.closed.is_set():
+                    return
                 log.warning("waiter reader: %s", exc)
                 time.sleep(RETRY_S)
                 continue

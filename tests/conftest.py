@@ -34,6 +34,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def close_app_hubs() -> Iterator[None]:
+    """At the session's end, stop the threads of in-process apps' waiter hubs (they outlive Redis)."""
+    yield
+    from api.waiters import close_all
+
+    close_all()
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """The session Redis, flushed before and after each test."""

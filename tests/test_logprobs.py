@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from shared.schemas import FinishReason
 from shared.settings import ModelSpec
 from tests.test_engine import GREEDY, PROMPTS  # prompts of 2 to ~34 tokens: batches need padding
-from worker.engine import Engine, Hooks, Request
+from worker.engine import Engine, Hooks, Request, shared_prefixes
 from worker.loader import load_model
 from worker.sampling import RowParams
 
@@ -189,3 +190,60 @@ def test_streamed_entries_ride_with_their_text(engine: Engine, monkeypatch: pyte
             ids += [e["id"] for e in entries or []]
             so_far += text
             assert so_far == engine.tokenizer.decode(ids, skip_special_tokens=True), r.id
+
+
+def test_prompts_differing_in_their_last_token_share_one_prefill(
+    engine: Engine, tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A question's one-token answers (and a repeated prompt) prefill their prefix once, exactly."""
+    shared: list[int] = []
+    real = engine._prefill_shared
+
+    def counting(new, reps):
+        shared.append(len(new) - len(set(reps)))  # rows whose prefix another row's forward served
+        return real(new, reps)
+
+    monkeypatch.setattr(engine, "_prefill_shared", counting)
+    model, _ = tiny
+    stem = engine.encode("What is the capital of France? The capital of France is")
+    answers = [[*stem, t] for t in (5, 17, 42, 99)]
+    group = [
+        Request(f"lp-{next(_ids)}", ids, n, GREEDY, seed=1, prompt_logprobs=k, logprobs=k, ignore_eos=True)
+        for ids, n, k in zip(answers, [0, 1, 3, 2], [0, 2, 5, 1], strict=True)
+    ]
+    # Sampled logprobs show any cache mix-up, which greedy text from a random tiny model may not.
+    again = Request(f"lp-{next(_ids)}", answers[2], 4, GREEDY, seed=1, logprobs=2, ignore_eos=True)  # no echo
+    other = req(
+        engine, "The lazy dog", max_new=3, prompt_logprobs=3, logprobs=1, ignore_eos=True
+    )  # own prefix
+    reqs = [*group, again, other]
+    together = engine.generate(reqs)
+    assert shared == [4]  # 6 rows, 2 distinct prefixes: the stem served 5 rows with one forward
+    alone = [engine.generate([dataclasses.replace(r, id=f"lp-{next(_ids)}")])[0] for r in reqs]
+    assert shared == [4]  # alone, nothing is shared
+    for r, got, want in zip(reqs, together, alone, strict=True):
+        assert got.text == want.text and got.completion_tokens == want.completion_tokens == r.max_new_tokens
+        assert (
+            len(got.logprobs or [])
+            == len(want.logprobs or [])
+            == (r.max_new_tokens if r.logprobs is not None else 0)
+        )
+        for a, b in zip(got.logprobs or [], want.logprobs or [], strict=True):
+            assert a["id"] == b["id"] and abs(a["logprob"] - b["logprob"]) < TOL
+        if r.prompt_logprobs is None:
+            assert got.prompt_logprobs is None
+            continue
+        assert [e["id"] for e in got.prompt_logprobs] == r.input_ids
+        lp = full_logprobs(model, r.input_ids)
+        for j, e in enumerate(got.prompt_logprobs[1:], start=1):
+            assert abs(e["logprob"] - float(lp[j - 1, r.input_ids[j]])) < TOL
+            want_top = lp[j - 1].topk(r.prompt_logprobs).indices.tolist() if r.prompt_logprobs else []
+            assert [t["id"] for t in e["top_logprobs"]] == want_top
+
+
+def test_prefixes_are_shared_only_when_that_saves_work() -> None:
+    stem = list(range(10, 30))
+    assert shared_prefixes([[*stem, 1], [*stem, 2], [7, 8, 9], [*stem, 1]]) == [0, 0, 2, 0]
+    assert shared_prefixes([[1, 2], [1, 3], [4, 5, 6]]) is None  # saves 1 token, costs a step of 3 rows
+    assert shared_prefixes([[*stem, 1], [9, *stem]]) is None  # nothing in common at the start
+    assert shared_prefixes([[*stem, 1]]) is None and shared_prefixes([[5], [5]]) is None
