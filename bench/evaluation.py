@@ -2,8 +2,8 @@
 
 One multiple-choice task of MC_DOCS x 4 choices loglikelihood requests, scored twice in this run:
 through a real genq (API + Redis + one worker, local-completions, num_concurrent 16) and with the
-harness's in-process `hf` model (batch size 16) on the same weights. Prints requests/s and the ratio
-(target: genq >= 0.5x in-process).
+harness's in-process `hf` model (batch size 16) on the same weights, with its logits cache on (its
+default) and off. Prints requests/s and the ratios (target: genq >= 0.5x the default `hf`).
 """
 
 from __future__ import annotations

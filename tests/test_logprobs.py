@@ -13,8 +13,9 @@ import torch
 from shared.schemas import FinishReason
 from shared.settings import ModelSpec
 from tests.test_engine import GREEDY, PROMPTS  # prompts of 2 to ~34 tokens: batches need padding
-from worker.engine import Engine, Hooks, Request, shared_prefixes
+from worker.engine import Engine, Hooks, Request
 from worker.loader import load_model
+from worker.prefill import shared_prefixes
 from worker.sampling import RowParams
 
 CONTEXT = 512  # tokens

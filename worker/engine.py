@@ -17,6 +17,7 @@ from shared.constraints import ConstraintFields
 from shared.schemas import ErrorCode, FinishReason
 from worker.grammar import Constraint, GrammarBook, GrammarError, mask_logits
 from worker.logprobs import TokenLogprob, describe, prompt_logprobs, sampled_logprobs
+from worker.prefill import prefill_shared, shared_prefixes
 from worker.rowsafe import sample_rows
 from worker.sampling import RowParams
 
@@ -402,73 +403,10 @@ class Engine:
     def _prefill_shared(
         self, new: list[tuple[Request, Future]], reps: list[int]
     ) -> tuple[torch.Tensor, dict[int, list[TokenLogprob]], DynamicCache, torch.Tensor]:
-        """Prefill each distinct prompt-but-its-last-token once, then every row's last token.
-
-        Rows whose prompts differ only in their last token (a multiple-choice question's one-token
-        answers, or the same prompt twice) share one forward over the prefix. Each row's last
-        token then takes one step on a copy of that prefix's cache, as a decode step would.
-        Return the rows' last logits, echo entries, cache and mask, as the plain prefill's.
-        """
+        """Prefill rows that share prompts but for the last token (worker/prefill.py)."""
         prompts = [r.input_ids for r, _ in new]
-        firsts = sorted(set(reps))  # the row whose prefix stands for its group's
-        prefixes = [prompts[f][:-1] for f in firsts]
-        width = max(len(p) for p in prefixes)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=self.device)
-        cache = DynamicCache(config=self.model.config)
-        hidden = self.model.get_decoder()(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
-        group = torch.tensor([firsts.index(r) for r in reps], device=self.device)
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[group], layer.values[group]
-        mask = torch.cat([mask[group], torch.ones(len(new), 1, dtype=mask.dtype, device=self.device)], dim=1)
-        out = self.model(
-            input_ids=torch.tensor([[p[-1]] for p in prompts], device=self.device),
-            attention_mask=mask,
-            position_ids=torch.tensor([[len(p) - 1] for p in prompts], device=self.device),
-            cache=cache,
-            logits_to_keep=1,
-        )
-        echo = self._shared_echo(new, reps, firsts, hidden)
-        return out.logits[:, -1, :], echo, cache, mask
-
-    def _shared_echo(
-        self, new: list[tuple[Request, Future]], reps: list[int], firsts: list[int], hidden: torch.Tensor
-    ) -> dict[int, list[TokenLogprob]]:
-        """Return the echo rows' prompt entries, projecting each shared prefix once.
-
-        A prompt's entries come from the positions before its last token, all in the prefix: rows
-        of one group share them, but for the last token's own log-probability.
-        """
-        asking: dict[int, list[int]] = {}  # group's first row -> its rows that ask
-        for i, (r, _) in enumerate(new):
-            if r.prompt_logprobs is not None:
-                asking.setdefault(reps[i], []).append(i)
-        if not asking:
-            return {}
-        head = self.model.get_output_embeddings()
-        leads = list(asking)
-        ks = [max(new[i][0].prompt_logprobs or 0 for i in asking[g]) for g in leads]
-        rows = []
-        for g, k in zip(leads, ks, strict=True):
-            n = len(new[g][0].input_ids) - 1  # the prefix's length: its hidden states sit right-aligned
-            rows.append((hidden[firsts.index(g), hidden.shape[1] - n :], new[g][0].input_ids, k))
-        echo: dict[int, list[TokenLogprob]] = {}
-        for g, entries in zip(leads, prompt_logprobs(rows, head), strict=True):
-            members = asking[g]
-            last = torch.log_softmax(head(hidden[firsts.index(g), -1:]).float(), dim=-1)[0]
-            own = last[[new[i][0].input_ids[-1] for i in members]].tolist()
-            for i, logprob in zip(members, own, strict=True):
-                k = new[i][0].prompt_logprobs or 0
-                tail = TokenLogprob(new[i][0].input_ids[-1], float(logprob), entries[-1].top)
-                echo[i] = [TokenLogprob(e.token_id, e.logprob, e.top[:k]) for e in [*entries[:-1], tail]]
-        return echo
+        asks = [r.prompt_logprobs for r, _ in new]
+        return prefill_shared(self.model, self.tokenizer.pad_token_id or 0, prompts, asks, reps)
 
     def _merge(
         self,
@@ -747,20 +685,6 @@ def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
-
-
-def shared_prefixes(prompts: list[list[int]]) -> list[int] | None:
-    """Return, per prompt, the first prompt with the same tokens but the last; None if not worth it.
-
-    Sharing costs one more forward, of one token a row: it pays when the prefix tokens it saves
-    outnumber the rows.
-    """
-    if len(prompts) < 2 or any(len(p) < 2 for p in prompts):
-        return None
-    first: dict[tuple[int, ...], int] = {}
-    reps = [first.setdefault(tuple(p[:-1]), i) for i, p in enumerate(prompts)]
-    saved = sum(len(prompts[i]) - 1 for i, rep in enumerate(reps) if rep != i)
-    return reps if saved > len(prompts) else None
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
