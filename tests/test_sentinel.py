@@ -62,7 +62,7 @@ class Cluster:
         )
         # A Sentinel whose timer runs late by 2 s (a loaded CI host) enters TILT for 30 s and fails
         # nothing over meanwhile; this test is about genq following a failover, not about TILT.
-        wait_until(lambda: self._untilted(), 30, "the Sentinel to answer", 0.1)
+        wait_until(self._untilted, 30, "the Sentinel to answer", 0.1)
         wait_until(lambda: self.replicas() == 1, 30, "the Sentinel to see the master and its replica", 0.1)
 
     def _untilted(self) -> bool:

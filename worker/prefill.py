@@ -35,6 +35,7 @@ def prefill_shared(
     """
     device = model.device
     firsts = sorted(set(reps))  # the row whose prefix stands for its group's
+    slot = {first: j for j, first in enumerate(firsts)}  # a group's first row -> its prefix's index
     prefixes = [prompts[f][:-1] for f in firsts]
     width = max(len(p) for p in prefixes)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
@@ -47,7 +48,7 @@ def prefill_shared(
         cache=cache,
         use_cache=True,
     ).last_hidden_state
-    group = torch.tensor([firsts.index(r) for r in reps], device=device)
+    group = torch.tensor([slot[r] for r in reps], device=device)
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys[group], layer.values[group]
     mask = torch.cat([mask[group], torch.ones(len(prompts), 1, dtype=mask.dtype, device=device)], dim=1)
@@ -58,7 +59,7 @@ def prefill_shared(
         cache=cache,
         logits_to_keep=1,
     )
-    echo = _shared_echo(model, prompts, asks, reps, hidden)
+    echo = _shared_echo(model, prompts, asks, reps, hidden, slot)
     return out.logits[:, -1, :], echo, cache, mask
 
 
@@ -68,12 +69,13 @@ def _shared_echo(
     asks: list[int | None],
     reps: list[int],
     hidden: torch.Tensor,
+    slot: dict[int, int],
 ) -> dict[int, list[TokenLogprob]]:
     """Return the echo rows' prompt entries, projecting each shared prefix once.
 
     A prompt's entries come from the positions before its last token, all in the prefix: rows of
     one group share them, but for the last token's own log-probability. hidden holds the
-    prefixes' states [groups, width, hidden], in the order of their first rows.
+    prefixes' states [groups, width, hidden]; slot maps a group's first row to its index there.
     """
     asking: dict[int, list[int]] = {}  # group's first row -> its rows that ask
     for i, k in enumerate(asks):
@@ -82,17 +84,16 @@ def _shared_echo(
     if not asking:
         return {}
     head = model.get_output_embeddings()
-    firsts = sorted(set(reps))
     leads = list(asking)
     rows = []
     for g in leads:
         n = len(prompts[g]) - 1  # the prefix's length: its hidden states sit right-aligned
         k = max(asks[i] or 0 for i in asking[g])
-        rows.append((hidden[firsts.index(g), hidden.shape[1] - n :], prompts[g], k))
+        rows.append((hidden[slot[g], hidden.shape[1] - n :], prompts[g], k))
     echo: dict[int, list[TokenLogprob]] = {}
     for g, entries in zip(leads, prompt_logprobs(rows, head), strict=True):
         members = asking[g]
-        last = torch.log_softmax(head(hidden[firsts.index(g), -1:]).float(), dim=-1)[0]
+        last = torch.log_softmax(head(hidden[slot[g], -1:]).float(), dim=-1)[0]
         own = last[[prompts[i][-1] for i in members]].tolist()
         for i, logprob in zip(members, own, strict=True):
             tail = TokenLogprob(prompts[i][-1], float(logprob), entries[-1].top)
