@@ -226,6 +226,12 @@ def run(args: argparse.Namespace, model: str, tmp: Path) -> float:
         return best
     finally:
         children.stop_all()
+        # The worker's last lines say how far claims, finishes and acks shared round trips.
+        for line in (logdir / f"worker-batch{MAX_BATCH}.log").read_text(errors="replace").splitlines():
+            if "round trips" in line:
+                with contextlib.suppress(ValueError):
+                    line = json.loads(line)["msg"]  # JSON logs: the message alone
+                print("  worker:", line)
 
 
 def main() -> None:

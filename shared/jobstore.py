@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from shared import keys, tokenizer_info, transitions
+from shared.groupcommit import GroupCommit
 from shared.records import DEFAULT_TENANT, JobRecord
 from shared.schemas import TERMINAL, ErrorCode, JobCreate, JobPublic, Status
 
@@ -92,6 +93,9 @@ class JobStore:
         self._expire = client.register_script(transitions.EXPIRE)
         self._delete = client.register_script(transitions.DELETE_QUEUED)
         self._unlock = client.register_script(transitions.UNLOCK)
+        # A worker's claims and finishes come in bursts (a batch's rows end at one step): the
+        # calls made at the same moment share one pipeline (shared/groupcommit.py).
+        self.grouped = GroupCommit(client)
         # The API sets this to its shared readers (api/waiters.py), so a long poll holds no connection;
         # it returns the job's hash as its reader read it at the end (None: read it here).
         self.ended_waiter: Callable[[str, float], dict[str, str] | None] | None = None
@@ -238,7 +242,8 @@ class JobStore:
     def claim(self, job_id: str, worker: str, device: str, lease_s: float = 30.0) -> Claim:
         """Move a queued job to running under a lease (timed by Redis's clock); the Claim holds its
         record and attempt once claimed."""
-        outcome, attempt, *flat = self._claim(
+        outcome, attempt, *flat = self.grouped.run(
+            self._claim,
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
             args=[job_id, worker, device, lease_s, _EXPIRED_ERROR],
         )
@@ -287,7 +292,8 @@ class JobStore:
             if value is not None:
                 values[name] = value if isinstance(value, str) else json.dumps(value)
         fence = "" if attempt is None else attempt
-        done = self._finish(
+        done = self.grouped.run(
+            self._finish,
             keys=[keys.job(job_id), keys.events(job_id), keys.RUNNING],
             args=[job_id, json.dumps(values), holder, fence, json.dumps(metrics or []), *_TERMINAL],
         )

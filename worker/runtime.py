@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from shared import tokenizer_info
+from shared import kombufix, tokenizer_info
 from shared.jobstore import JobStore
 from shared.metrics import job_ops
 from shared.reconciler import Reconciler, resend
@@ -127,6 +127,10 @@ class Runtime:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        grouped = self.store.grouped  # how far claims and finishes shared round trips
+        log.info("claims and finishes: %d calls in %d round trips", grouped.calls, grouped.batches)
+        acks = kombufix.sent
+        log.info("acks on the event loop: %d in %d round trips", acks["acks"], acks["round_trips"])
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
