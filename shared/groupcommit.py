@@ -52,6 +52,9 @@ class GroupCommit:
         if not call.done:
             try:
                 self._send(batch)
+            except Exception as exc:  # not Redis's (say, an argument it cannot encode): all fail
+                for sent in batch:
+                    sent.error, sent.noscript = exc, False
             finally:
                 with self._cond:
                     self._sending = False
