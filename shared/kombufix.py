@@ -18,6 +18,7 @@ from kombu.transport import virtual
 log = logging.getLogger(__name__)
 
 _kombu_restore_unacked = kombu_redis.QoS.restore_unacked
+_kombu_restore_unacked_once = kombu_redis.QoS.restore_unacked_once
 _kombu_ack = kombu_redis.QoS.ack
 
 # Acks taken on the event loop and not yet sent: QoS → delivery tags. Only the loop's thread
@@ -46,6 +47,14 @@ def _restore_unacked(self: Any, client: Any = None) -> Any:
         self._delivered.clear()
         return None
     return _kombu_restore_unacked(self, client)
+
+
+def _restore_unacked_once(self: Any, stderr: Any = None) -> Any:
+    """kombu's close-time restore, after sending the acks not yet sent."""
+    # kombu calls restore_unacked from here only while it holds unacked messages: a channel
+    # that closes with every message acked would otherwise never send the kept acks.
+    _send_acks(self)
+    return _kombu_restore_unacked_once(self, stderr)
 
 
 def _ack(self: Any, delivery_tag: Any) -> Any:
@@ -105,5 +114,6 @@ def _recover_from_full_redis() -> None:
 def install() -> None:
     """Patch kombu's Redis transport (idempotent)."""
     kombu_redis.QoS.restore_unacked = _restore_unacked  # type: ignore[method-assign]
+    kombu_redis.QoS.restore_unacked_once = _restore_unacked_once  # type: ignore[method-assign]
     kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
     _recover_from_full_redis()
