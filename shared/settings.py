@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # ends: more throughput for short jobs, but a held job waits for this worker even if another
     # is idle (Celery's prefetch trade-off); see docs/shortjobs.md.
     prefetch_jobs: Annotated[int, Field(ge=0, le=256)] = 0
+    # Prompt tokens whose prefilled prefixes a worker keeps for prompts that differ only in their
+    # last token, such as a question's answers arriving apart (worker/prefill.py); 0 = none.
+    prefix_cache_tokens: Annotated[int, Field(ge=0, le=1_000_000)] = 2048
     heartbeat_interval: Annotated[float, Field(gt=0)] = 2.0  # seconds between worker heartbeats
     worker_ttl: Annotated[float, Field(gt=0)] = 10.0  # seconds a silent worker still counts as ready
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0  # a dead worker's jobs are requeued within this

@@ -15,7 +15,7 @@ from shared.settings import ModelSpec
 from tests.test_engine import GREEDY, PROMPTS  # prompts of 2 to ~34 tokens: batches need padding
 from worker.engine import Engine, Hooks, Request
 from worker.loader import load_model
-from worker.prefill import shared_prefixes
+from worker.prefill import Prefix, PrefixCache, shared_prefixes
 from worker.sampling import RowParams
 
 CONTEXT = 512  # tokens
@@ -248,3 +248,60 @@ def test_prefixes_are_shared_only_when_that_saves_work() -> None:
     assert shared_prefixes([[1, 2], [1, 3], [4, 5, 6]]) is None  # saves 1 token, costs a step of 3 rows
     assert shared_prefixes([[*stem, 1], [9, *stem]]) is None  # nothing in common at the start
     assert shared_prefixes([[*stem, 1]]) is None and shared_prefixes([[5], [5]]) is None
+    # A cached prefix saves its tokens for every row that has it, even a row alone.
+    kept = {tuple(stem)}.__contains__
+    assert shared_prefixes([[*stem, 1]], kept) == [0]
+    assert shared_prefixes([[*stem, 1], [7, 8, 9]], kept) == [0, 1]
+    assert shared_prefixes([[1, 2], [1, 3], [4, 5, 6]], lambda p: p == (1,)) is None  # 2 tokens, 3 rows
+
+
+def test_a_question_split_across_admissions_prefills_its_prefix_once(tiny) -> None:
+    """Answers that arrive in a later step reuse the kept prefix, with the results of separate runs."""
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, max_batch=8, context_length=CONTEXT, prefix_cache_tokens=1024)
+    plain = Engine(model, tokenizer, max_batch=8, context_length=CONTEXT)  # keeps nothing
+    stem = engine.encode("Question: where was the cat found? It was a quiet day.\nAnswer: In the")
+    other = engine.encode("The lazy dog sleeps")
+
+    def answer(last: int, max_new: int, k: int | None) -> Request:
+        return Request(
+            f"lp-{next(_ids)}", [*stem, last], max_new, GREEDY, seed=1, prompt_logprobs=k, logprobs=k
+        )
+
+    first = [answer(5, 0, 2), answer(17, 1, 0)]  # two of the four answers, and their prefix is kept
+    later = [answer(42, 0, 3), answer(99, 2, 1)]  # the other two, in a later admission
+    engine.generate([*first, Request(f"lp-{next(_ids)}", other, 2, GREEDY, seed=1)])
+    assert engine.prefixes.hits == 0 and tuple(stem) in engine.prefixes
+    got = engine.generate(later)
+    assert engine.prefixes.hits == 1  # the later pair ran only its one-token step
+    got_alone = engine.generate([dataclasses.replace(later[0], id=f"lp-{next(_ids)}")])  # a row alone, too
+    assert engine.prefixes.hits == 2
+    want = [plain.generate([dataclasses.replace(r, id=f"lp-{next(_ids)}")])[0] for r in later]
+    assert plain.prefixes.hits == 0
+    for g, w, r in zip([*got, *got_alone], [*want, want[0]], [*later, later[0]], strict=True):
+        assert g.text == w.text and g.completion_tokens == w.completion_tokens == r.max_new_tokens
+        for a, b in zip(g.logprobs or [], w.logprobs or [], strict=True):
+            assert a["id"] == b["id"] and abs(a["logprob"] - b["logprob"]) < TOL
+        assert [e["id"] for e in g.prompt_logprobs] == r.input_ids
+        lp = full_logprobs(model, r.input_ids)
+        for j, e in enumerate(g.prompt_logprobs[1:], start=1):
+            assert abs(e["logprob"] - float(lp[j - 1, r.input_ids[j]])) < TOL
+            assert [t["id"] for t in e["top_logprobs"]] == lp[j - 1].topk(r.prompt_logprobs).indices.tolist()
+
+
+def test_the_prefix_cache_keeps_the_most_recently_used_within_its_tokens() -> None:
+    def entry(tokens: int) -> Prefix:
+        return Prefix(keys=[], values=[], hidden=torch.zeros(tokens, 4))
+
+    kept = PrefixCache(max_tokens=10)
+    kept.put((1,), entry(4))
+    kept.put((2,), entry(4))
+    assert kept.get((1,)) is not None  # now the most recently used
+    kept.put((3,), entry(4))  # 12 tokens: the least recently used goes
+    assert (1,) in kept and (3,) in kept and (2,) not in kept
+    kept.put((4,), entry(11))  # larger than the whole cache: not kept, nothing dropped for it
+    assert (4,) not in kept and (1,) in kept and (3,) in kept
+    assert PrefixCache(0).get((1,)) is None
+    off = PrefixCache(0)
+    off.put((1,), entry(1))
+    assert (1,) not in off

@@ -17,7 +17,7 @@ from shared.constraints import ConstraintFields
 from shared.schemas import ErrorCode, FinishReason
 from worker.grammar import Constraint, GrammarBook, GrammarError, mask_logits
 from worker.logprobs import TokenLogprob, describe, prompt_logprobs, sampled_logprobs
-from worker.prefill import prefill_shared, shared_prefixes
+from worker.prefill import PrefixCache, prefill_shared, shared_prefixes
 from worker.rowsafe import sample_rows
 from worker.sampling import RowParams
 
@@ -151,6 +151,7 @@ class Engine:
         max_batch: int = 16,
         context_length: int | None = None,
         hooks: Hooks | None = None,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -174,6 +175,7 @@ class Engine:
         self._picked: dict[int, TokenLogprob] = {}  # last sampled step's logprobs, by row offset
         self._echoed: dict[str, list[dict]] = {}  # prompt logprobs of rows just admitted, for on_text
         self._grammars: GrammarBook | None = None
+        self.prefixes = PrefixCache(prefix_cache_tokens)  # prefixes prefilled lately (engine thread only)
         self._grammars_lock = threading.Lock()
 
     @property
@@ -336,7 +338,7 @@ class Engine:
         cache = DynamicCache(config=self.model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         echo: dict[int, list[TokenLogprob]] = {}
-        reps = shared_prefixes([r.input_ids for r, _ in new])
+        reps = shared_prefixes([r.input_ids for r, _ in new], self.prefixes.__contains__)
         try:
             if reps is not None:
                 logits, echo, cache, mask = self._prefill_shared(new, reps)
@@ -406,7 +408,8 @@ class Engine:
         """Prefill rows that share prompts but for the last token (worker/prefill.py)."""
         prompts = [r.input_ids for r, _ in new]
         asks = [r.prompt_logprobs for r, _ in new]
-        return prefill_shared(self.model, self.tokenizer.pad_token_id or 0, prompts, asks, reps)
+        pad = self.tokenizer.pad_token_id or 0
+        return prefill_shared(self.model, pad, prompts, asks, reps, self.prefixes)
 
     def _merge(
         self,

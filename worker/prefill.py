@@ -1,6 +1,15 @@
-"""Prefill once for rows whose prompts differ only in their last token (a question's answers)."""
+"""Prefill once for rows whose prompts differ only in their last token (a question's answers).
+
+The prefixes so prefilled are kept for a while (PrefixCache): the answers of one question that
+arrive in two admissions, as an evaluation harness's requests in flight often do, prefill their
+prefix once.
+"""
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -8,35 +17,119 @@ from transformers import DynamicCache, PreTrainedModel
 from worker.logprobs import TokenLogprob, prompt_logprobs
 
 
-def shared_prefixes(prompts: list[list[int]]) -> list[int] | None:
+@dataclass(frozen=True)
+class Prefix:
+    """One prefilled prefix: per layer its keys and values [kv heads, tokens, head dim], and its
+    last layer's hidden states [tokens, hidden] (for prompt log-probabilities)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    hidden: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+class PrefixCache:
+    """The most recently used prefixes, up to max_tokens tokens in all (0: none kept)."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
+        self._tokens = 0
+        self.hits = 0  # prefixes served from here (tests and the worker's log read them)
+
+    def __contains__(self, prefix: tuple[int, ...]) -> bool:
+        return prefix in self._entries
+
+    def get(self, prefix: tuple[int, ...]) -> Prefix | None:
+        """Return a kept prefix (now the most recently used), or None."""
+        entry = self._entries.get(prefix)
+        if entry is not None:
+            self._entries.move_to_end(prefix)
+            self.hits += 1
+        return entry
+
+    def put(self, prefix: tuple[int, ...], entry: Prefix) -> None:
+        """Keep a prefix, dropping the least recently used ones beyond max_tokens."""
+        if entry.tokens > self.max_tokens or prefix in self._entries:
+            return
+        self._entries[prefix] = entry
+        self._tokens += entry.tokens
+        while self._tokens > self.max_tokens:
+            _, dropped = self._entries.popitem(last=False)
+            self._tokens -= dropped.tokens
+
+
+def shared_prefixes(
+    prompts: list[list[int]], cached: Callable[[tuple[int, ...]], bool] = lambda _: False
+) -> list[int] | None:
     """Return, per prompt, the first prompt with the same tokens but the last; None if not worth it.
 
     Sharing costs one more forward, of one token a row: it pays when the prefix tokens it saves
-    outnumber the rows.
+    outnumber the rows. A prefix already cached saves its tokens for every row that has it.
     """
-    if len(prompts) < 2 or any(len(p) < 2 for p in prompts):
+    if not prompts or any(len(p) < 2 for p in prompts):
         return None
     first: dict[tuple[int, ...], int] = {}
     reps = [first.setdefault(tuple(p[:-1]), i) for i, p in enumerate(prompts)]
-    saved = sum(len(prompts[i]) - 1 for i, rep in enumerate(reps) if rep != i)
+    saved = sum(len(p) - 1 for i, p in enumerate(prompts) if reps[i] != i or cached(tuple(p[:-1])))
     return reps if saved > len(prompts) else None
 
 
 def prefill_shared(
-    model: PreTrainedModel, pad: int, prompts: list[list[int]], asks: list[int | None], reps: list[int]
+    model: PreTrainedModel,
+    pad: int,
+    prompts: list[list[int]],
+    asks: list[int | None],
+    reps: list[int],
+    kept: PrefixCache | None = None,
 ) -> tuple[torch.Tensor, dict[int, list[TokenLogprob]], DynamicCache, torch.Tensor]:
     """Prefill each distinct prompt-but-its-last-token once, then every row's last token.
 
     Rows whose prompts differ only in their last token (a multiple-choice question's one-token
-    answers, or the same prompt twice) share one forward over the prefix. Each row's last token
-    then takes one step on a copy of that prefix's cache, as a decode step would. asks[i] is row
-    i's echo k (None: no prompt logprobs). Return the rows' last logits [rows, vocab], echo
-    entries by row, and the cache and mask [rows, tokens] the batch goes on with.
+    answers, or the same prompt twice) share one forward over the prefix, or none when kept has
+    it. Each row's last token then takes one step on a copy of that prefix's cache, as a decode
+    step would. asks[i] is row i's echo k (None: no prompt logprobs). Return the rows' last logits
+    [rows, vocab], echo entries by row, and the cache and mask [rows, tokens] the batch goes on with.
     """
     device = model.device
     firsts = sorted(set(reps))  # the row whose prefix stands for its group's
     slot = {first: j for j, first in enumerate(firsts)}  # a group's first row -> its prefix's index
     prefixes = [prompts[f][:-1] for f in firsts]
+    found = [kept.get(tuple(p)) if kept is not None else None for p in prefixes]
+    todo = [j for j, entry in enumerate(found) if entry is None]
+    if todo:
+        for j, entry in zip(todo, _prefill(model, pad, [prefixes[j] for j in todo]), strict=True):
+            found[j] = entry
+            if kept is not None:
+                kept.put(tuple(prefixes[j]), entry)
+    entries = [entry for entry in found if entry is not None]
+    width = max(e.tokens for e in entries)
+    group = torch.tensor([slot[r] for r in reps], device=device)
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(entries[0].keys)):
+        keys = torch.stack([_pad_left(e.keys[layer], width, dim=1) for e in entries])
+        values = torch.stack([_pad_left(e.values[layer], width, dim=1) for e in entries])
+        cache.update(keys[group], values[group], layer)
+    mask = torch.tensor([[0] * (width - e.tokens) + [1] * e.tokens for e in entries], device=device)
+    mask = torch.cat([mask[group], torch.ones(len(prompts), 1, dtype=mask.dtype, device=device)], dim=1)
+    out = model(
+        input_ids=torch.tensor([[p[-1]] for p in prompts], device=device),
+        attention_mask=mask,
+        position_ids=torch.tensor([[len(p) - 1] for p in prompts], device=device),
+        cache=cache,
+        logits_to_keep=1,
+    )
+    hidden = torch.stack([_pad_left(e.hidden, width, dim=0) for e in entries])
+    echo = _shared_echo(model, prompts, asks, reps, hidden, slot)
+    return out.logits[:, -1, :], echo, cache, mask
+
+
+def _prefill(model: PreTrainedModel, pad: int, prefixes: list[list[int]]) -> list[Prefix]:
+    """Run one forward over these prefixes (left-padded together); return each one's states."""
+    device = model.device
     width = max(len(p) for p in prefixes)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=device)
@@ -48,19 +141,25 @@ def prefill_shared(
         cache=cache,
         use_cache=True,
     ).last_hidden_state
-    group = torch.tensor([slot[r] for r in reps], device=device)
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[group], layer.values[group]
-    mask = torch.cat([mask[group], torch.ones(len(prompts), 1, dtype=mask.dtype, device=device)], dim=1)
-    out = model(
-        input_ids=torch.tensor([[p[-1]] for p in prompts], device=device),
-        attention_mask=mask,
-        position_ids=torch.tensor([[len(p) - 1] for p in prompts], device=device),
-        cache=cache,
-        logits_to_keep=1,
-    )
-    echo = _shared_echo(model, prompts, asks, reps, hidden, slot)
-    return out.logits[:, -1, :], echo, cache, mask
+    # Each prefix's own tokens, copied out of the padded batch (so a kept one holds no padding).
+    return [
+        Prefix(
+            keys=[layer.keys[j, :, width - len(p) :].clone() for layer in cache.layers],
+            values=[layer.values[j, :, width - len(p) :].clone() for layer in cache.layers],
+            hidden=hidden[j, width - len(p) :].clone(),
+        )
+        for j, p in enumerate(prefixes)
+    ]
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Left-pad t with zeros along dim to width (what padding holds is masked out)."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 def _shared_echo(

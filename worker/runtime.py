@@ -85,7 +85,13 @@ class Runtime:
         try:
             t0 = time.perf_counter()
             model, tokenizer = load_model(self.spec, self.device, self.settings.cache_dir)
-            engine = Engine(model, tokenizer, self.settings.max_batch, self.spec.context_length)
+            engine = Engine(
+                model,
+                tokenizer,
+                self.settings.max_batch,
+                self.spec.context_length,
+                prefix_cache_tokens=self.settings.prefix_cache_tokens,
+            )
             if self.settings.fault_injection:
                 fail_forward_on(model, engine.encode(prompt=FORWARD_FAULT_MARKER)[-4:])
             # One tiny generation before announcing readiness: it pages the (lazily mapped) weights
@@ -131,6 +137,8 @@ class Runtime:
         log.info("claims and finishes: %d calls in %d round trips", grouped.calls, grouped.batches)
         acks = kombufix.sent
         log.info("acks on the event loop: %d in %d round trips", acks["acks"], acks["round_trips"])
+        if self.engine is not None:
+            log.info("prefix cache: %d hits", self.engine.prefixes.hits)
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
