@@ -17,7 +17,7 @@ from shared.constraints import ConstraintFields
 from shared.schemas import ErrorCode, FinishReason
 from worker.grammar import Constraint, GrammarBook, GrammarError, mask_logits
 from worker.logprobs import TokenLogprob, describe, prompt_logprobs, sampled_logprobs
-from worker.prefill import PrefixCache, prefill_shared, shared_prefixes
+from worker.prefill import PrefixCache, pad_left, prefill_shared, shared_prefixes
 from worker.rowsafe import sample_rows
 from worker.sampling import RowParams
 
@@ -427,9 +427,9 @@ class Engine:
             old_len, new_len = self._mask.shape[1], mask.shape[1]
             width = max(old_len, new_len)
             for old, fresh in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(fresh.keys, width)])
-                old.values = torch.cat([_pad_left(old.values, width), _pad_left(fresh.values, width)])
-            self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+                old.keys = torch.cat([pad_left(old.keys, width, 2), pad_left(fresh.keys, width, 2)])
+                old.values = torch.cat([pad_left(old.values, width, 2), pad_left(fresh.values, width, 2)])
+            self._mask = torch.cat([pad_left(self._mask, width, 1), pad_left(mask, width, 1)])
             self._seen = torch.cat([self._seen, seen])
         first = len(self._rows)
         self._rows.extend(rows)
@@ -679,15 +679,6 @@ def _holdback(row: _Row) -> int:
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:
     hits = [i for s in stops if (i := text.find(s, start)) != -1]
     return min(hits) if hits else None
-
-
-def _pad_left(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -52,10 +52,15 @@ class PrefixCache:
         return entry
 
     def put(self, prefix: tuple[int, ...], entry: Prefix) -> None:
-        """Keep a prefix, dropping the least recently used ones beyond max_tokens."""
+        """Keep a copy of a prefix, dropping the least recently used ones beyond max_tokens."""
         if entry.tokens > self.max_tokens or prefix in self._entries:
             return
-        self._entries[prefix] = entry
+        # A copy: the entry's tensors are views of the padded batch it was computed in.
+        self._entries[prefix] = Prefix(
+            keys=[k.clone() for k in entry.keys],
+            values=[v.clone() for v in entry.values],
+            hidden=entry.hidden.clone(),
+        )
         self._tokens += entry.tokens
         while self._tokens > self.max_tokens:
             _, dropped = self._entries.popitem(last=False)
@@ -110,8 +115,8 @@ def prefill_shared(
     group = torch.tensor([slot[r] for r in reps], device=device)
     cache = DynamicCache(config=model.config)
     for layer in range(len(entries[0].keys)):
-        keys = torch.stack([_pad_left(e.keys[layer], width, dim=1) for e in entries])
-        values = torch.stack([_pad_left(e.values[layer], width, dim=1) for e in entries])
+        keys = torch.stack([pad_left(e.keys[layer], width, dim=1) for e in entries])
+        values = torch.stack([pad_left(e.values[layer], width, dim=1) for e in entries])
         cache.update(keys[group], values[group], layer)
     mask = torch.tensor([[0] * (width - e.tokens) + [1] * e.tokens for e in entries], device=device)
     mask = torch.cat([mask[group], torch.ones(len(prompts), 1, dtype=mask.dtype, device=device)], dim=1)
@@ -122,7 +127,7 @@ def prefill_shared(
         cache=cache,
         logits_to_keep=1,
     )
-    hidden = torch.stack([_pad_left(e.hidden, width, dim=0) for e in entries])
+    hidden = torch.stack([pad_left(e.hidden, width, dim=0) for e in entries])
     echo = _shared_echo(model, prompts, asks, reps, hidden, slot)
     return out.logits[:, -1, :], echo, cache, mask
 
@@ -141,19 +146,19 @@ def _prefill(model: PreTrainedModel, pad: int, prefixes: list[list[int]]) -> lis
         cache=cache,
         use_cache=True,
     ).last_hidden_state
-    # Each prefix's own tokens, copied out of the padded batch (so a kept one holds no padding).
+    # Each prefix's own tokens (views: PrefixCache.put copies the ones it keeps, without padding).
     return [
         Prefix(
-            keys=[layer.keys[j, :, width - len(p) :].clone() for layer in cache.layers],
-            values=[layer.values[j, :, width - len(p) :].clone() for layer in cache.layers],
-            hidden=hidden[j, width - len(p) :].clone(),
+            keys=[layer.keys[j, :, width - len(p) :] for layer in cache.layers],
+            values=[layer.values[j, :, width - len(p) :] for layer in cache.layers],
+            hidden=hidden[j, width - len(p) :],
         )
         for j, p in enumerate(prefixes)
     ]
 
 
-def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """Left-pad t with zeros along dim to width (what padding holds is masked out)."""
+def pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Left-pad t with zeros along dim to width (what padding holds is masked out, or is a mask)."""
     missing = width - t.shape[dim]
     if missing == 0:
         return t
