@@ -227,7 +227,9 @@ def run(args: argparse.Namespace, model: str, tmp: Path) -> float:
     finally:
         children.stop_all()
         # The worker's last lines say how far claims, finishes and acks shared round trips.
-        for line in (logdir / f"worker-batch{MAX_BATCH}.log").read_text(errors="replace").splitlines():
+        worker_log = logdir / f"worker-batch{MAX_BATCH}.log"
+        lines = worker_log.read_text(errors="replace").splitlines() if worker_log.exists() else []
+        for line in lines:
             if "round trips" in line:
                 with contextlib.suppress(ValueError):
                     line = json.loads(line)["msg"]  # JSON logs: the message alone
