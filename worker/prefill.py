@@ -112,14 +112,17 @@ def prefill_shared(
                 kept.put(tuple(prefixes[j]), entry)
     entries = [entry for entry in found if entry is not None]
     width = max(e.tokens for e in entries)
-    group = torch.tensor([slot[r] for r in reps], device=device)
+    group = [entries[slot[r]] for r in reps]  # each row's prefix
     cache = DynamicCache(config=model.config)
     for layer in range(len(entries[0].keys)):
-        keys = torch.stack([pad_left(e.keys[layer], width, dim=1) for e in entries])
-        values = torch.stack([pad_left(e.values[layer], width, dim=1) for e in entries])
-        cache.update(keys[group], values[group], layer)
-    mask = torch.tensor([[0] * (width - e.tokens) + [1] * e.tokens for e in entries], device=device)
-    mask = torch.cat([mask[group], torch.ones(len(prompts), 1, dtype=mask.dtype, device=device)], dim=1)
+        keys = [pad_left(e.keys[layer], width, dim=1) for e in entries]
+        values = [pad_left(e.values[layer], width, dim=1) for e in entries]
+        # One copy per row, straight into the batch (no stack of the groups first).
+        cache.update(
+            torch.stack([keys[slot[r]] for r in reps]), torch.stack([values[slot[r]] for r in reps]), layer
+        )
+    # Each row's prefix, left-padded, then its last token.
+    mask = torch.tensor([[0] * (width - e.tokens) + [1] * (e.tokens + 1) for e in group], device=device)
     out = model(
         input_ids=torch.tensor([[p[-1]] for p in prompts], device=device),
         attention_mask=mask,
