@@ -50,5 +50,5 @@ def create_app(settings: Settings | None = None, sweep: bool | None = None) -> F
     # An interactive API page from the same /openapi.json; its assets ship in the package (no CDN).
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "genq API"}))
     if sweep and settings.api_reconciler:
-        start_sweeper(settings, context.store, context.celery)
+        context.sweeper = start_sweeper(settings, context.store, context.celery)
     return app

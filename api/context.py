@@ -6,6 +6,7 @@ The factory builds one `Context` per app and keeps it in `app.extensions`; route
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -36,6 +37,7 @@ class Context:
     waiters: Hub  # open streams and long polls share its Redis readers (api/waiters.py)
     batches: BatchStore = field(init=False)
     keys: KeyStore = field(init=False)  # runtime API keys, tenants' limits and usage
+    sweeper: threading.Event | None = None  # set it to stop this app's reconciler sweep (api/sweeper.py)
 
     def __post_init__(self) -> None:
         self.batches = BatchStore(self.store)

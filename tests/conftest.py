@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,7 +50,16 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     yield redis_server.url
+    _no_sweep_left_running()
     client.flushall()
+
+
+def _no_sweep_left_running() -> None:
+    """Fail a test that leaves a reconciler sweeping the session Redis: it would race later tests."""
+    left = [t for t in threading.enumerate() if t.name == "genq-reconciler"]
+    for thread in left:
+        thread.join(timeout=2.0)  # a stopped sweep ends at once; allow for one in progress
+    assert not [t for t in left if t.is_alive()], "a test left a reconciler sweep running in this process"
 
 
 @pytest.fixture(scope="session")
