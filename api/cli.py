@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _api(args: argparse.Namespace) -> int:
-    from api.serving import raise_open_files, worker_args
+    from api.serving import GRACEFUL_TIMEOUT_S, raise_open_files, worker_args
     from shared.settings import Settings
 
     settings = Settings()
@@ -28,7 +28,7 @@ def _api(args: argparse.Namespace) -> int:
         "--timeout",
         str(settings.max_wait + 30),  # a long poll must not look like a hung worker
         "--graceful-timeout",
-        "10",
+        str(GRACEFUL_TIMEOUT_S),
         "--access-logfile",
         "-",
         *(["--logger-class", "api.gunicorn_logger.JsonLogger"] if settings.log_format == "json" else []),

@@ -34,6 +34,9 @@ KEEPALIVE_S = 15  # seconds between SSE comments while nothing happens (keeps pr
 # per stream cost about a tenth of a busy API process at 5,000 streams a process (measured).
 RECHECK_EVERY = 4
 KEEPALIVE = ": keepalive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
+# Sent first: a WSGI server sends the headers with the first bytes of the body, so without it a
+# client of a queued job saw no response at all (not even its 200) until a token or a keep-alive.
+OPENED = ": open\n\n"
 NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy holds events back
 
 
@@ -61,6 +64,7 @@ def job_events(store: JobStore, hub: Hub, job_id: str, sock: Any = None) -> Iter
     try:
         key = keys.events(job_id)
         with hub.subscribe({key: "0-0"}, sock) as sub:
+            yield OPENED
             quiet_since, keepalives = time.monotonic(), 0
             while True:
                 got = sub.get(max(0.0, quiet_since + KEEPALIVE_S - time.monotonic()))

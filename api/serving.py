@@ -6,6 +6,7 @@ import resource
 
 from shared.settings import Settings
 
+GRACEFUL_TIMEOUT_S = 10  # a stopping worker's requests in flight get this long to finish
 HEADER_TIMEOUT_S = 10  # gevent: a request's headers must all arrive within this (also keep-alive idle)
 
 

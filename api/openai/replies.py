@@ -11,7 +11,7 @@ import redis
 from pydantic import BaseModel
 
 from api.errors import OpenAIHTTPError
-from api.events import KEEPALIVE, data_event, merged_events
+from api.events import KEEPALIVE, OPENED, data_event, merged_events
 from api.openai.logprobs import (
     chat_entries,
     chat_logprobs,
@@ -269,9 +269,11 @@ def stream(store: JobStore, hub: Hub, reply: Reply, job_ids: list[str], sock: An
     sent = [_Sent() for _ in job_ids]
     ended: dict[int, JobPublic] = {}
     try:
-        if reply.chat:
+        if reply.chat:  # the first chunk of each choice names its role; it also sends the headers
             for i in range(len(job_ids)):
                 yield reply.chunk(i)
+        else:
+            yield OPENED  # the headers at once, not with the first token
         for item in merged_events(store, hub, job_ids, sock):
             if item is None:
                 yield KEEPALIVE
