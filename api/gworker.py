@@ -91,7 +91,7 @@ class Worker(GeventWorker):
     def _close_idle_once_stopping(self) -> None:
         while self.alive:
             gevent.sleep(STOP_POLL_S)
-        # Requests in flight finish (each answered with Connection: close); then they too go idle.
+        # Requests in flight are answered; then their connections wait for a next one, and close too.
         while True:
             for handler, timeout in list(self._idle.items()):
                 handler.kill(timeout, block=False)  # as if its keep-alive timeout had passed
